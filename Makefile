@@ -1,0 +1,50 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up what is missing, pretrain MoCo v2 on Fashion-MNIST, print the kNN table
+#   make test   set up what is missing, run the test suite
+# Each sets up only what is missing: a second run installs nothing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.sslkit-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup data demo test test-slow test-all lint bench clean
+
+setup: $(STAMP) data
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls only when pyproject.toml changes. torch/torchvision come from this machine's disk.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+data: $(FMNIST)
+
+$(FMNIST):
+	@if [ "$$(id -u)" = "0" ]; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set SSLKIT_DATA and pass data.download=true"; exit 1; \
+	fi
+
+demo: setup
+	$(BIN)/sslkit demo
+
+test: setup
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+test-all: setup
+	$(BIN)/pytest -q -m "slow or not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache

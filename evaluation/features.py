@@ -1,0 +1,153 @@
+"""Frozen features for evaluation: pooled backbone outputs (or raw pixels), cached on disk.
+
+Backbone features use the deterministic evaluation view (short side to `data.image_size`, centre
+crop, normalise), the backbone in eval mode under `torch.no_grad`. In-memory datasets are sliced
+in batches and preprocessed with `batch_eval_preprocess`; others go through a DataLoader with the
+per-image `eval_transform`. The cache key hashes the checkpoint file (path, size, mtime) and the
+data settings, so a retrained checkpoint or another image size never reuses stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from sslkit.engine.checkpoint import save_atomic
+from sslkit.errors import DataError
+
+CACHE_VERSION = 1
+KINDS = ("backbone", "pixels")
+
+
+@dataclass
+class Features:
+    """(N, D) float32 features on the CPU with their (N,) labels."""
+
+    feats: Tensor
+    labels: Tensor
+    num_classes: int
+    seconds: float = 0.0
+    cached: bool = False
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return int(self.feats.shape[0])
+
+
+def labels_and_classes(dataset: Dataset) -> tuple[Tensor, int]:
+    labels = dataset.targets.long()  # type: ignore[attr-defined]
+    if len(labels) and int(labels.min()) < 0:
+        raise DataError("the evaluation split has unlabeled images (label -1); kNN and linear probes "
+                        "need labels")
+    return labels.clone(), int(dataset.num_classes)  # type: ignore[attr-defined]
+
+
+@torch.no_grad()
+def backbone_features(backbone: nn.Module, dataset: Dataset, data: Mapping[str, Any], device: torch.device,
+                      batch_size: int = 512) -> Tensor:
+    """Pooled features of every image, in dataset order; the backbone's train/eval mode is restored."""
+    from sslkit.augment import batch_eval_preprocess, eval_transform
+
+    size, mean, std = int(data["image_size"]), list(data["mean"]), list(data["std"])
+    was_training = backbone.training
+    backbone.eval()
+    out: list[Tensor] = []
+    try:
+        if getattr(dataset, "in_memory", False):
+            images: Tensor = dataset.images  # type: ignore[attr-defined]
+            for start in range(0, images.shape[0], batch_size):
+                x = batch_eval_preprocess(images[start:start + batch_size].to(device), size, mean, std)
+                out.append(backbone(x).float().cpu())
+        else:
+            from sslkit.data.loader import eval_loader
+
+            loader = eval_loader(dataset.with_transform(eval_transform(size, mean, std)),  # type: ignore[attr-defined]
+                                 batch_size, int(data.get("num_workers") or 0))
+            for x, _ in loader:
+                out.append(backbone(x.to(device)).float().cpu())
+    finally:
+        backbone.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@torch.no_grad()
+def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048) -> Tensor:
+    """The raw-pixel baseline: uint8 images resized to `image_size` (antialiased), scaled to [0, 1]
+    and flattened. Grayscale datasets keep one channel (copies would not change cosine similarity)."""
+    out: list[Tensor] = []
+    if getattr(dataset, "in_memory", False):
+        images: Tensor = dataset.images  # type: ignore[attr-defined]
+        batches = (images[s:s + batch_size] for s in range(0, images.shape[0], batch_size))
+    else:
+        from sslkit.data.loader import eval_loader
+
+        batches = (x for x, _ in eval_loader(dataset, batch_size))
+    for x in batches:
+        x = x.float().div_(255.0)
+        if x.shape[-2:] != (image_size, image_size):
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        out.append(x.flatten(1))
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def cache_key(kind: str, split: str, subset: int | None, data: Mapping[str, Any],
+              checkpoint: Path | None) -> str:
+    """A hash of everything the features depend on."""
+    ident: dict[str, Any] = {
+        "version": CACHE_VERSION, "kind": kind, "split": split, "subset": subset,
+        "data": {k: data.get(k) for k in ("name", "root", "image_size", "mean", "std")},
+    }
+    if kind == "backbone":
+        if checkpoint is None:
+            raise ValueError("backbone features need a checkpoint for their cache key")
+        st = checkpoint.stat()
+        ident["checkpoint"] = {"path": str(checkpoint.resolve()), "size": st.st_size,
+                               "mtime_ns": st.st_mtime_ns}
+    text = json.dumps(ident, sort_keys=True, default=str)
+    return f"{kind}-{split}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def load_features(kind: str, split: str, subset: int | None, data: Mapping[str, Any], *,
+                  backbone: nn.Module | None = None, checkpoint: Path | None = None,
+                  device: torch.device | None = None, batch_size: int = 512,
+                  cache_dir: Path | None = None) -> Features:
+    """Features of the first `subset` images of `split` ("train" or "test"), from `cache_dir` when
+    present there (None: no cache)."""
+    if kind not in KINDS:
+        from sslkit.errors import ConfigError, suggestion
+
+        raise ConfigError(f"unknown eval.features '{kind}'; {suggestion(kind, KINDS)}")
+    start = time.perf_counter()
+    path = cache_dir / f"{cache_key(kind, split, subset, data, checkpoint)}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            return Features(blob["feats"], blob["labels"], int(blob["num_classes"]),
+                            time.perf_counter() - start, cached=True, path=path)
+        except Exception:  # a damaged cache file is recomputed
+            path.unlink(missing_ok=True)
+    from sslkit.data import build_dataset
+
+    dataset = build_dataset(data, split, subset)
+    labels, num_classes = labels_and_classes(dataset)
+    if kind == "pixels":
+        feats = pixel_features(dataset, int(data["image_size"]))
+    else:
+        if backbone is None:
+            raise ValueError("backbone features need a backbone")
+        backbone.to(device or torch.device("cpu"))
+        feats = backbone_features(backbone, dataset, data, device or torch.device("cpu"), batch_size)
+    if path is not None:
+        save_atomic({"feats": feats, "labels": labels, "num_classes": num_classes}, path)
+    return Features(feats, labels, num_classes, time.perf_counter() - start, cached=False, path=path)

@@ -1,0 +1,91 @@
+"""MoCo v1 (He et al. 2019, arXiv 1911.05722): a momentum key encoder and a queue of negatives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sslkit.methods.base import ContrastiveMethod, StepOutput
+from torch import Tensor, nn
+
+from sslkit.contrastive import KeyQueue, ema_update, infonce_logits, momentum_at
+from sslkit.contrastive.distributed import world_size
+from sslkit.contrastive.momentum import frozen_copy
+from sslkit.contrastive.shuffle_bn import shuffle_ddp, shuffle_local, unshuffle_ddp, unshuffle_local
+from sslkit.errors import ConfigError
+from sslkit.nn.split_bn import convert_split_bn
+from sslkit.registry import register_method
+
+SHUFFLE_BN = ("auto", "ddp", "split", "none")
+
+
+@register_method("mocov1")
+class MoCoV1(ContrastiveMethod):
+    """Query encoder f_q + head trained by InfoNCE (eq. 1) against its momentum copy f_k (eq. 2).
+
+    Defaults (configs/method/mocov1.yaml) are the paper's: K=65536, m=0.999, tau=0.07, linear head.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float = 0.07,
+                 queue_size: int = 65536, momentum: float = 0.999, momentum_schedule: str = "constant",
+                 symmetric: bool = False, shuffle_bn: str = "auto", split_bn_groups: int = 8, **params: Any) -> None:
+        super().__init__(backbone, feature_dim, head, **params)
+        if shuffle_bn not in SHUFFLE_BN:
+            raise ConfigError(f"method.shuffle_bn='{shuffle_bn}' is invalid; valid: {', '.join(SHUFFLE_BN)}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ConfigError(f"method.momentum must be in [0, 1], got {momentum}")
+        if temperature <= 0:
+            raise ConfigError(f"method.temperature must be > 0, got {temperature}")
+        if shuffle_bn == "auto":
+            shuffle_bn = "ddp" if world_size() > 1 else ("split" if split_bn_groups > 1 else "none")
+        if shuffle_bn == "split":
+            convert_split_bn(self.backbone, split_bn_groups)
+        self.shuffle_bn = shuffle_bn
+        self.temperature, self.base_momentum, self.momentum_schedule = temperature, momentum, momentum_schedule
+        self.symmetric = symmetric
+        self.head = self.build_head()
+        self.backbone_k, self.head_k = frozen_copy(self.backbone), frozen_copy(self.head)
+        self.queue = KeyQueue(queue_size, int(self.head_cfg.get("out_dim", 128)))
+        self._pending: list[Tensor] = []
+
+    def _query(self, x: Tensor) -> Tensor:
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+    @torch.no_grad()
+    def _key(self, x: Tensor) -> Tensor:
+        if self.shuffle_bn == "ddp":
+            x, inverse = shuffle_ddp(x)
+            return unshuffle_ddp(F.normalize(self.head_k(self.backbone_k(x)), dim=1), inverse)
+        if self.shuffle_bn == "split":
+            x, inverse = shuffle_local(x)
+            return unshuffle_local(F.normalize(self.head_k(self.backbone_k(x)), dim=1), inverse)
+        return F.normalize(self.head_k(self.backbone_k(x)), dim=1)
+
+    def _contrast(self, q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
+        logits = infonce_logits(q, k, queue, self.temperature)
+        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, labels), (logits.argmax(1) == 0).float().mean()
+
+    def training_step(self, views: Sequence[Tensor]) -> StepOutput:
+        x_q, x_k = views[0], views[1]
+        queue = self.queue.keys.clone().detach()
+        k = self._key(x_k)
+        loss, acc = self._contrast(self._query(x_q), k, queue)
+        self._pending = [k]
+        if self.symmetric:  # each view is once the query and once the key (MoCo CIFAR-10 demo)
+            k2 = self._key(x_q)
+            loss2, acc2 = self._contrast(self._query(x_k), k2, queue)
+            loss, acc = (loss + loss2) / 2, (acc + acc2) / 2
+            self._pending.append(k2)
+        return StepOutput(loss, {"loss": loss.detach(), "acc": acc})
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        m = momentum_at(self.base_momentum, progress, self.momentum_schedule)
+        ema_update(self.backbone_k, self.backbone, m)
+        ema_update(self.head_k, self.head, m)
+        for k in self._pending:
+            self.queue.push(k)
+        self._pending = []

@@ -1,0 +1,147 @@
+"""Hydra composition of `configs/` with validation that names the closest valid choice."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sslkit.errors import ConfigError, closest, suggestion
+
+CONFIG_DIR = Path(str(files("sslkit.configs")))
+GROUPS = ("backbone", "head", "aug", "optim", "data", "trainer", "eval", "method", "experiment")
+CUSTOM_METHOD = "custom"
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (its YAML files)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, DictConfig):
+        return [prefix]
+    keys = [prefix] if prefix else []
+    for k in node.keys():
+        keys += _leaf_keys(node._get_node(k), f"{prefix}.{k}" if prefix else str(k))
+    return keys
+
+
+def _check_group(group: str, value: str, extra: list[str]) -> None:
+    options = [o for o in group_options(group) if o != CUSTOM_METHOD]
+    if value not in options and value not in extra:
+        raise ConfigError(f"unknown {group} '{value}'; {suggestion(value, options + extra)}")
+
+
+def _rewrite(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Split overrides into group choices and key assignments; map plug-in methods onto `custom`."""
+    from sslkit.registry import available_methods, is_resolvable, resolve_method
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(f"cannot parse overrides {overrides}: {str(exc).splitlines()[0]}") from None
+    groups, keys = [], []
+    for text, ov in zip(overrides, parsed, strict=True):
+        key = ov.key_or_group
+        if key in GROUPS and not ov.is_delete():
+            value = str(ov.value())
+            if key == "method" and value not in group_options("method"):
+                if ":" in value:  # package.module:Class: its import error says more than a list of names
+                    resolve_method(value)
+                if is_resolvable(value):
+                    groups.append(f"method={CUSTOM_METHOD}")
+                    keys.append(f"method.name={value}")
+                    continue
+                _check_group("method", value, [m for m in available_methods() if m != CUSTOM_METHOD])
+            if key != "method":
+                _check_group(key, value, [])
+            groups.append(text)
+        else:
+            keys.append(text)
+    return groups, keys
+
+
+def _check_keys(cfg: DictConfig, keys: list[str]) -> None:
+    valid = _leaf_keys(cfg)
+    for ov in OverridesParser.create().parse_overrides(keys):
+        key = ov.key_or_group
+        if ov.is_add() or ov.is_force_add() or key in valid:
+            continue
+        top = key.split(".")[0]
+        best = closest(key, valid)
+        hint = f"did you mean '{best}'?" if best else (
+            f"valid keys under '{top}': {', '.join(k for k in valid if k.startswith(top + '.'))}"
+            if top in cfg else f"valid top-level keys: {', '.join(str(k) for k in cfg.keys())}")
+        raise ConfigError(f"unknown config key '{key}'; {hint} (add a new key with +{key}=...)")
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number"}
+# Keys whose default is null but whose value, when given, must be an integer.
+NULLABLE_INTS = {"data.subset", "trainer.max_steps", "trainer.threads", "eval.train_subset", "eval.test_subset",
+                 "method.chunk_size"}
+
+
+def _check_types(base: DictConfig, cfg: DictConfig, prefix: str = "") -> None:
+    """A value typed on the command line must have the type of the default it replaces."""
+    for key in base.keys():
+        path = f"{prefix}{key}"
+        old, new = base._get_node(key), cfg._get_node(key) if key in cfg else None
+        if isinstance(old, DictConfig) and isinstance(new, DictConfig):
+            _check_types(old, new, path + ".")
+            continue
+        if new is None or isinstance(new, DictConfig):
+            continue
+        before, after = old._value(), new._value()
+        kind = int if path in NULLABLE_INTS else type(before)
+        if kind in _KINDS and after is not None and not isinstance(after, kind) and not (
+                kind is float and isinstance(after, int) and not isinstance(after, bool)):
+            raise ConfigError(f"{path}={after!r} is invalid: expected {_KINDS[kind]}")
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), extra: list[str] | None = None) -> DictConfig:
+    """Compose `configs/config.yaml` with `overrides`, validated, and resolve interpolations."""
+    overrides = list(extra or []) + list(overrides)
+    groups, keys = _rewrite(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            base = hydra_compose("config", overrides=groups)
+            _check_keys(base, keys)
+            cfg = hydra_compose("config", overrides=groups + keys)
+            _check_types(base, cfg)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    finally:
+        GlobalHydra.instance().clear()
+    if cfg.method.get("name") is None:
+        raise ConfigError("method=custom needs method.name=<registered name or package.module:Class>")
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The fully resolved config as YAML."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load_yaml(path: Path) -> DictConfig:
+    """A config saved by `to_yaml`."""
+    cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def as_dict(node: Any) -> dict[str, Any]:
+    """A plain (container-free) dict of a config node."""
+    out = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,29 @@
+"""InfoNCE with a queue of negatives (MoCo, He et al. 2019, arXiv 1911.05722, eq. 1):
+
+    L_q = -log( exp(q.k+ / tau) / ( exp(q.k+ / tau) + sum_{k- in queue} exp(q.k- / tau) ) )
+
+computed as cross-entropy over K+1 logits whose positive sits at index 0 (Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def infonce_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """(N, 1+K) logits: column 0 is q.k+ and columns 1.. are q against every queued key.
+
+    `q`, `k` are (N, D) and `queue` is (K, D); all are expected L2-normalised.
+    """
+    pos = (q * k).sum(dim=1, keepdim=True)
+    neg = q @ queue.t()
+    return torch.cat([pos, neg], dim=1) / temperature
+
+
+def infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """Mean InfoNCE loss over the N queries (eq. 1 of MoCo); gradients flow into `q` only if
+    `k` and `queue` are detached, as in MoCo."""
+    logits = infonce_logits(q, k, queue, temperature)
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

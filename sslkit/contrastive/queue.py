@@ -1,0 +1,46 @@
+"""MoCo's queue of negative keys: a FIFO with exact wrap-around, saved in checkpoints."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslkit.contrastive.distributed import concat_all_gather
+
+
+class KeyQueue(nn.Module):
+    """K keys of dimension D kept as buffers, so `state_dict()` (and every checkpoint) holds them.
+
+    Unlike the reference code, K need not be a multiple of the batch: a push that runs past the end
+    wraps around, and a push larger than K keeps its last K keys. Under torch.distributed every rank
+    pushes the keys gathered from all ranks, so all ranks hold the same queue.
+    """
+
+    keys: Tensor
+    ptr: Tensor
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"queue size must be >= 1, got {size}")
+        # Random unit vectors until real keys arrive, as in MoCo's reference implementation.
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    @torch.no_grad()
+    def push(self, keys: Tensor, gather: bool = True) -> None:
+        """Enqueue `keys` (N, D) oldest-first, overwriting the oldest entries."""
+        if gather:
+            keys = concat_all_gather(keys)
+        keys = keys.detach().to(self.keys.dtype)
+        n, start = keys.shape[0], int(self.ptr)
+        if n > self.size:  # only the newest K survive; they land where a key-by-key push would put them
+            start, keys, n = (start + n - self.size) % self.size, keys[-self.size:], self.size
+        idx = (torch.arange(n, device=self.keys.device) + start) % self.size
+        self.keys.index_copy_(0, idx, keys.to(self.keys.device))
+        self.ptr.fill_((start + n) % self.size)

@@ -1,0 +1,180 @@
+"""Folders of your own image files, decoded lazily in DataLoader workers.
+
+Labeled data follows the ImageNet layout (Deng et al. 2009, "ImageNet: A Large-Scale Hierarchical Image
+Database") as torchvision's ImageFolder reads it: root/train/<class>/*.jpg and root/val/<class>/*.jpg.
+A folder without train/ is a flat (possibly nested) set of unlabeled images, for pretraining only.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
+
+from sslkit.data.base import Transform
+from sslkit.data.cifar import one_line
+from sslkit.errors import DataError
+
+TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+PIL_EXTENSIONS = (".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")  # torchvision.io cannot decode these
+EXTENSIONS = TORCHVISION_EXTENSIONS + PIL_EXTENSIONS
+EVAL_FOLDERS = ("val", "test")
+
+
+def list_images(folder: Path) -> list[str]:
+    """Every image file under `folder`, recursively, sorted; hidden files and folders are skipped."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [os.path.join(dirpath, f) for f in filenames
+                  if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
+    return sorted(found)
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The sorted names of the (non-hidden) sub-folders of `folder`."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def decode(path: str) -> Tensor:
+    """The image at `path` as a uint8 (3, H, W) RGB tensor."""
+    try:
+        if path.lower().endswith(PIL_EXTENSIONS):
+            with Image.open(path) as im:
+                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+        else:
+            img = decode_image(path, mode=ImageReadMode.RGB)
+    except Exception as exc:  # torchvision raises RuntimeError, PIL a zoo of its own
+        raise DataError(f"cannot decode image {path}: {one_line(exc)}") from None
+    if img.dtype != torch.uint8:  # 16-bit PNGs
+        img = F.to_dtype(img, torch.uint8, scale=True)
+    return img
+
+
+def resize_center_crop(img: Tensor, size: int) -> Tensor:
+    """Resize so the short side is `size`, then crop the central size x size square."""
+    if img.shape[-2:] != (size, size):
+        img = F.resize(img, [size], antialias=True)
+        img = F.center_crop(img, [size, size])
+    return img
+
+
+class ImageFolderDataset(Dataset):
+    """Image files decoded on access; items are (uint8 3xHxW tensor, label), label -1 when unlabeled.
+
+    Without a transform images are resized and center-cropped to `image_size` squares so batches stack;
+    a transform receives the full decoded image instead. Paths are packed into one byte buffer so
+    forked DataLoader workers do not copy them page by page (python lists of str do).
+    """
+
+    in_memory = False
+
+    def __init__(self, paths: Sequence[str], targets: Tensor, classes: Sequence[str], image_size: int,
+                 transform: Transform | None = None) -> None:
+        if len(paths) != len(targets):
+            raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
+        encoded = [os.fsencode(p) for p in paths]
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        self.targets = targets.long()
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.image_size = image_size
+        self.transform = transform
+
+    def path(self, index: int) -> str:
+        """The file behind item `index`."""
+        start = int(self._ends[index - 1]) if index > 0 else 0
+        return os.fsdecode(self._blob[start: int(self._ends[index])].tobytes())
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path(i) for i in range(len(self))]
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        img = decode(self.path(index))
+        label = int(self.targets[index])
+        if self.transform is not None:
+            return self.transform(img), label
+        return resize_center_crop(img, self.image_size), label
+
+    def subset(self, n: int | None) -> ImageFolderDataset:
+        """The first `n` images (all when n is None)."""
+        if n is None or n >= len(self):
+            return self
+        out = copy.copy(self)
+        out._ends = self._ends[:n]
+        out._blob = self._blob[: int(self._ends[n - 1])] if n > 0 else self._blob[:0]
+        out.targets = self.targets[:n]
+        return out
+
+    def with_transform(self, transform: Transform | None) -> ImageFolderDataset:
+        """A copy that applies `transform` to the decoded uint8 images."""
+        out = copy.copy(self)
+        out.transform = transform
+        return out
+
+
+def _labeled(folder: Path, classes: list[str], train_dir: Path) -> tuple[list[str], list[int]]:
+    index = {c: i for i, c in enumerate(classes)}
+    paths: list[str] = []
+    labels: list[int] = []
+    for name in class_folders(folder):
+        if name not in index:
+            raise DataError(f"class folder {folder / name} has no counterpart in {train_dir}; "
+                            "the evaluation folder must use the training class names")
+        found = list_images(folder / name)
+        paths += found
+        labels += [index[name]] * len(found)
+    return paths, labels
+
+
+def load_imagefolder(root: str | None, split: str, image_size: int) -> ImageFolderDataset:
+    """`split` is "pretrain" (train/, else the flat folder), "train" (train/) or "test" (val/ or test/)."""
+    if split not in ("pretrain", "train", "test"):
+        raise ValueError(f"split must be 'pretrain', 'train' or 'test', got {split!r}")
+    if not root:
+        raise DataError("the imagefolder dataset needs data.root: a folder with train/<class>/ and "
+                        "val/<class>/ image folders, or a flat folder of images for pretraining")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"image folder {base} does not exist (data.root)")
+    train_dir = base / "train"
+    if train_dir.is_dir():
+        classes = class_folders(train_dir)
+        if not classes:
+            raise DataError(f"{train_dir} has no class folders; put the images in {train_dir}/<class>/")
+        folder = train_dir
+        if split == "test":
+            evals = [base / d for d in EVAL_FOLDERS if (base / d).is_dir()]
+            if not evals:
+                raise DataError(f"{base} has train/ but no val/ (or test/) class folders for evaluation")
+            folder = evals[0]
+        paths, labels = _labeled(folder, classes, train_dir)
+    else:
+        if split != "pretrain":
+            raise DataError(f"{base} has no train/ folder: evaluation ({split} split) needs train/<class>/ "
+                            "and val/<class>/ class folders; a flat folder of images is for pretraining only")
+        folder, classes = base, []
+        paths = list_images(base)
+        labels = [-1] * len(paths)
+    if not paths:
+        raise DataError(f"no images found under {folder} (looked for {', '.join(EXTENSIONS)})")
+    return ImageFolderDataset(paths, torch.tensor(labels, dtype=torch.long), classes, image_size)

@@ -1,0 +1,58 @@
+"""Loaders with a resumable, rank-aware sampler (torch's DistributedSampler, skipping ahead on resume)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from sslkit.data.base import collate
+from sslkit.errors import DataError
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler whose first epoch after a resume skips the samples already seen."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=True)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def steps_per_epoch(n_images: int, global_batch: int, world: int) -> int:
+    """Optimizer steps per epoch with drop_last on every rank."""
+    return (n_images // world) // (global_batch // world)
+
+
+def train_loader(dataset: Dataset, global_batch: int, *, world: int = 1, rank: int = 0, seed: int = 0,
+                 num_workers: int = 0, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
+    """A loader of per-rank batches of `global_batch // world` images."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if global_batch <= 0:
+        raise DataError(f"data.batch_size must be positive, got {global_batch}")
+    if global_batch % world:
+        raise DataError(f"data.batch_size={global_batch} must be divisible by the {world} processes")
+    if global_batch > n:
+        raise DataError(f"data.batch_size={global_batch} is larger than the {n} training images; "
+                        f"use data.batch_size<={n} or more data (data.subset)")
+    sampler = ResumableSampler(dataset, world, rank, shuffle, seed)
+    batches = BatchSampler(sampler, global_batch // world, drop_last=drop_last)
+    # Its own generator: creating an iterator must not draw from the global RNG, or a run resumed
+    # mid-epoch would see different augmentations than the uninterrupted one.
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed + rank))
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Sequential, complete batches for feature extraction."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)

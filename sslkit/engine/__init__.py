@@ -1,0 +1,1 @@
+"""The training engine: a plain PyTorch loop that drives any ContrastiveMethod."""

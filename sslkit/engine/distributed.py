@@ -1,0 +1,85 @@
+"""torch.distributed set-up for processes started by torchrun, and starting torchrun for the user."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from sslkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    local_rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(spec: str, local_rank: int) -> torch.device:
+    """`auto`: this rank's GPU when CUDA is present, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device='{spec}' is invalid; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device='{spec}' but CUDA is not available; use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_world(device_spec: str = "auto") -> World:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_spec, local_rank)
+    if size > 1 and device.type == "cuda" and device.index != local_rank:
+        # e.g. device=cuda:0 under torchrun: every rank on one GPU, which NCCL rejects obscurely
+        raise ConfigError(f"device='{device_spec}' puts every process on one GPU; under torchrun use "
+                          "device=auto or device=cuda (rank i uses GPU LOCAL_RANK)")
+    if size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    return World(rank, local_rank, size, device)
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def default_threads(nproc: int) -> int:
+    """CPU threads per process when `nproc` processes share this machine's usable cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # respects taskset and cpusets, unlike os.cpu_count
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // nproc)
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under `torchrun --standalone --nproc_per_node=nproc` and wait for it.
+
+    torchrun is started as `python -m torch.distributed.run` with this interpreter, so the workers
+    use the same environment as `sslkit` even when another `torchrun` comes first on PATH.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "sslkit", *argv]
+    env = dict(os.environ, SSLKIT_LAUNCHED="1",
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(default_threads(nproc))))
+    return subprocess.call(cmd, env=env)

@@ -1,0 +1,88 @@
+"""Run logging: metrics.jsonl, TensorBoard events and progress (tqdm on a TTY, plain lines otherwise).
+
+Only rank 0 makes one; other ranks get a `NullLogger`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+class RunLogger:
+    """Appends one JSON line per logged step or epoch and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, total_steps: int, initial_step: int = 0, progress: str = "auto") -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.metrics = (run_dir / "metrics.jsonl").open("a", buffering=1)
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=initial_step or None)
+        self.total = total_steps
+        mode = progress if progress != "auto" else ("bar" if sys.stderr.isatty() else "lines")
+        self.mode = mode
+        self.bar = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, unit="step")
+        self.start = time.time()
+        self.start_step = initial_step
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Write a record (must hold `step`); scalars go to TensorBoard under train/ or eval/."""
+        record = {"time": round(time.time(), 3), **record}
+        self.metrics.write(json.dumps(record) + "\n")
+        step = int(record["step"])
+        for key, value in record.items():
+            if key not in ("time", "step", "epoch") and isinstance(value, int | float):
+                self.tb.add_scalar(key if "/" in key else f"train/{key}", value, step)
+
+    def progress(self, step: int, scalars: dict[str, float]) -> None:
+        elapsed = time.time() - self.start
+        done = step - self.start_step
+        eta = elapsed / done * (self.total - step) if done else float("nan")
+        text = " ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix_str(text, refresh=True)
+        elif self.mode == "lines":
+            print(f"step {step}/{self.total} {text} eta={eta:.0f}s", flush=True)
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        elif self.mode != "none":
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.tb.close()
+        self.metrics.close()
+
+
+class NullLogger(RunLogger):
+    """What non-zero ranks log: nothing."""
+
+    def __init__(self) -> None:  # noqa: D107
+        pass
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def progress(self, step: int, scalars: dict[str, float]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

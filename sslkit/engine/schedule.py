@@ -1,0 +1,39 @@
+"""Per-step learning-rate schedules: linear warm-up (Goyal et al. 2017), then cosine (SGDR,
+arXiv 1608.03983 eq. 5, without restarts), step decay at fractions of training, or constant."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from sslkit.errors import ConfigError
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str, milestones: tuple[float, ...] = (0.6, 0.8),
+              gamma: float = 0.1, min_ratio: float = 0.0) -> float:
+    """Multiplier of the base lr at optimizer step `step` of `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    if kind == "cosine":
+        t = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if kind == "step":
+        return gamma ** sum(step >= m * total for m in milestones)
+    raise ConfigError(f"optim.schedule='{kind}' is invalid; valid: cosine, step, constant")
+
+
+def build_scheduler(optimizer: Optimizer, cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int) -> LambdaLR:
+    """A LambdaLR stepped once per optimizer step; warm-up is given in epochs (may be fractional)."""
+    warmup = int(round(float(cfg.get("warmup_epochs", 0.0)) * steps_per_epoch))
+    warmup = min(warmup, max(0, total_steps - 1))
+    kind = str(cfg.get("schedule", "cosine"))
+    milestones = tuple(float(m) for m in cfg.get("milestones", (0.6, 0.8)))
+    gamma, min_ratio = float(cfg.get("gamma", 0.1)), float(cfg.get("min_lr_ratio", 0.0))
+    lr_factor(0, total_steps, warmup, kind, milestones, gamma, min_ratio)  # validate now, not mid-run
+    return LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, kind, milestones, gamma, min_ratio))

@@ -1,0 +1,38 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """Bad input from a user: printed as `error: <message>` with exit code 2, never a traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """An unknown key, group option or an invalid value in the configuration."""
+
+
+class DataError(UserError):
+    """A dataset that is missing, empty, corrupt or too small for the requested batch."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint path that points at nothing, or a file that is not an sslkit checkpoint."""
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice most similar to `word`, or None when nothing is close."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return found[0] if found else None
+
+
+def suggestion(word: str, choices: Iterable[str]) -> str:
+    """A `did you mean 'x'?` fragment followed by the valid choices."""
+    choices = sorted(set(choices))
+    best = closest(word, choices)
+    hint = f"did you mean '{best}'? " if best else ""
+    return f"{hint}valid: {', '.join(choices)}"

@@ -1,0 +1,159 @@
+"""`sslkit train`: config -> data -> method -> engine.fit -> run directory."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_transform, resolve_backend
+from sslkit.build import build_method
+from sslkit.config import as_dict, to_yaml
+from sslkit.data import build_dataset
+from sslkit.data.loader import steps_per_epoch, train_loader
+from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.distributed import World, init_world, shutdown
+from sslkit.engine.logger import NullLogger, RunLogger
+from sslkit.engine.loop import LoopSettings, TrainState, fit, restore
+from sslkit.engine.optim import build_optimizer
+from sslkit.engine.schedule import build_scheduler
+from sslkit.errors import ConfigError
+from sslkit.export import export_backbone
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def new_run_dir(cfg: DictConfig, world: World) -> Path:
+    """`out=` or runs/<time>_<method>_<backbone>; the same path on every rank."""
+    if cfg.out:
+        path = Path(str(cfg.out))
+    else:
+        backbone = cfg.backbone.timm_name if cfg.backbone.name == "timm" else cfg.backbone.name
+        method = str(cfg.method.name).replace(":", ".").split(".")[-1]
+        path = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}_{method}_{backbone}"
+    if world.size > 1:
+        holder = [str(path)]
+        dist.broadcast_object_list(holder, src=0)
+        path = Path(holder[0])
+    return path
+
+
+MakeViews = Callable[[Any], Sequence[Tensor]]
+
+
+def _views_maker(cfg: DictConfig, dataset: Any, n_views: int, device: torch.device) -> tuple[Any, MakeViews]:
+    recipe = AugRecipe.from_config(as_dict(cfg.aug))
+    backend = resolve_backend(str(cfg.aug.backend), bool(getattr(dataset, "in_memory", False)))
+    if backend == "per_image":  # workers make the views
+        return dataset.with_transform(MultiView(per_image_transform(recipe), n_views)), lambda views: views
+    aug = BatchedAugment(recipe).to(device)
+    return dataset, lambda images: [aug(images) for _ in range(n_views)]
+
+
+def _monitor_hooks(cfg: DictConfig, world: World) -> list[Callable[[int, nn.Module], dict[str, float]]]:
+    every = int(cfg.trainer.monitor_every_epochs or 0)
+    if every <= 0 or not world.is_main:
+        return []
+    from sslkit.evaluation.monitor import KnnMonitor
+
+    return [KnnMonitor(cfg, world.device, every)]
+
+
+def train(cfg: DictConfig, resume_from: dict[str, Any] | None = None) -> Path:
+    """Train `cfg.method`; return the run directory. `resume_from` is a loaded checkpoint."""
+    world = init_world(str(cfg.device))
+    try:
+        return _train(cfg, world, resume_from)
+    finally:
+        shutdown()
+
+
+def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) -> Path:
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    seed_everything(int(cfg.seed))  # the same initial weights and queue on every rank
+    dataset = build_dataset(cfg.data, "pretrain")
+    method = build_method(cfg)
+    dataset, make_views = _views_maker(cfg, dataset, method.n_views, world.device)
+    if cfg.trainer.sync_bn and world.size > 1:
+        if world.device.type != "cuda":
+            raise ConfigError("trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                              "on CPU MoCo uses shuffle-BN across ranks instead")
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    method.to(world.device)
+    if bool(cfg.trainer.channels_last) and world.device.type == "cuda":
+        method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    batch = int(cfg.data.batch_size)
+    loader = train_loader(dataset, batch, world=world.size, rank=world.rank, seed=int(cfg.seed),
+                          num_workers=int(cfg.data.num_workers))
+    spe = steps_per_epoch(len(dataset), batch, world.size)
+    total = spe * int(cfg.trainer.epochs)
+    if cfg.trainer.max_steps:
+        total = min(total, int(cfg.trainer.max_steps))
+    if total <= 0:
+        raise ConfigError(f"nothing to train: trainer.epochs={cfg.trainer.epochs}, "
+                          f"trainer.max_steps={cfg.trainer.max_steps}")
+    optimizer = build_optimizer(method, cfg.optim, batch)
+    scheduler = build_scheduler(optimizer, cfg.optim, total, spe)
+    scaler = torch.amp.GradScaler("cuda") if cfg.trainer.precision == "fp16" and world.device.type == "cuda" else None
+
+    state = TrainState()
+    if resume_from is not None:
+        state = restore(resume_from, method, optimizer, scheduler, scaler)
+        run_dir = Path(str(cfg.out))
+        if world.rank > 0:  # the checkpoint holds rank 0's RNG state; keep the ranks' augmentations apart
+            seed_everything(int(cfg.seed) + 1000 * world.rank + 1 + state.step)
+    else:
+        run_dir = new_run_dir(cfg, world)
+        seed_everything(int(cfg.seed) + 1000 * world.rank + 1)  # different augmentations per rank
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    logger = RunLogger(run_dir, total, state.step, str(cfg.trainer.progress)) if world.is_main else NullLogger()
+    logger.message(f"sslkit: {cfg.method.name} on {cfg.data.name} ({len(dataset)} images), {world.size} x "
+                   f"{world.device.type}, batch {batch}, {total} steps, run dir {run_dir}")
+    settings = LoopSettings(epochs=int(cfg.trainer.epochs), total_steps=total,
+                            log_every=int(cfg.trainer.log_every_steps),
+                            checkpoint_every=int(cfg.trainer.checkpoint_every_steps),
+                            precision=str(cfg.trainer.precision), channels_last=bool(cfg.trainer.channels_last))
+    start = time.time()
+    try:
+        state = fit(method, loader, make_views, optimizer, scheduler, world, settings, run_dir, logger, state, scaler,
+                    {"config": to_yaml(cfg)}, _monitor_hooks(cfg, world))
+    finally:
+        logger.close()
+    if world.is_main:
+        export_backbone(method.encoder(), run_dir / "backbone.pt")
+        if int(cfg.trainer.monitor_every_epochs or 0) > 0:
+            from sslkit.evaluation.plots import plot_training
+
+            plot_training(run_dir)
+        print(f"trained {state.step} steps in {time.time() - start:.0f}s; run dir: {run_dir}", flush=True)
+    return run_dir
+
+
+def resume_config(checkpoint: dict[str, Any]) -> DictConfig:
+    """The config a checkpoint was trained with."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(checkpoint["config"])
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def load_checkpoint(path: str) -> tuple[dict[str, Any], Path]:
+    """A checkpoint and its run directory."""
+    file = ckpt.resolve(path)
+    return ckpt.load(file), ckpt.run_dir_of(file)

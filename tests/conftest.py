@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny BN encoder, subprocess CLI runner, and the Fashion-MNIST guard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+class TinyEncoder(nn.Module):
+    """conv-BN-ReLU-pool: a backbone with BatchNorm that runs in milliseconds."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.fixture
+def tiny_encoder() -> TinyEncoder:
+    torch.manual_seed(0)
+    return TinyEncoder()
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m sslkit ARGS` in a subprocess, as a user would run it."""
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "sslkit", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed (make data)")

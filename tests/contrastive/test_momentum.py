@@ -1,0 +1,42 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sslkit.contrastive.momentum import ema_update, frozen_copy, momentum_at
+
+
+def test_ema_formula():
+    torch.manual_seed(0)
+    online, target = nn.Linear(3, 2), nn.Linear(3, 2)
+    before = [p.clone() for p in target.parameters()]
+    ema_update(target, online, 0.9)
+    for t, b, o in zip(target.parameters(), before, online.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
+
+
+def test_ema_leaves_buffers_alone():
+    online, target = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    online.running_mean.fill_(5.0)
+    ema_update(target, online, 0.5)
+    assert torch.all(target.running_mean == 0)
+
+
+def test_frozen_copy_gets_no_gradients():
+    online = nn.Linear(2, 2)
+    target = frozen_copy(online)
+    assert all(not p.requires_grad for p in target.parameters())
+    x = torch.randn(1, 2)
+    (online(x) + target(x)).sum().backward()
+    assert all(p.grad is None for p in target.parameters())
+    assert all(p.grad is not None for p in online.parameters())
+
+
+def test_momentum_schedules():
+    assert momentum_at(0.99, 0.3, "constant") == 0.99
+    assert momentum_at(0.99, 0.0, "cosine") == pytest.approx(0.99)
+    assert momentum_at(0.99, 1.0, "cosine") == pytest.approx(1.0)
+    assert momentum_at(0.99, 0.5, "cosine") == pytest.approx(1 - 0.01 * (math.cos(math.pi / 2) + 1) / 2)
+    with pytest.raises(ValueError):
+        momentum_at(0.99, 0.5, "linear")

@@ -1,0 +1,52 @@
+import torch
+
+from sslkit.contrastive.queue import KeyQueue
+
+
+def _reference_fifo(size, dim, pushes):
+    """Key-by-key FIFO: the independent reference."""
+    slots, ptr = [None] * size, 0
+    for batch in pushes:
+        for row in batch:
+            slots[ptr] = row
+            ptr = (ptr + 1) % size
+    return slots, ptr
+
+
+def test_fifo_wraps_exactly_with_k_not_multiple_of_batch_and_short_batch():
+    q = KeyQueue(10, 3)
+    pushes = [torch.full((4, 3), float(i)) + torch.arange(4.0)[:, None] / 10 for i in range(1, 4)]
+    pushes.append(torch.full((3, 3), 9.0))  # a short last batch
+    for p in pushes:
+        q.push(p, gather=False)
+    slots, ptr = _reference_fifo(10, 3, pushes)
+    assert int(q.ptr) == ptr == 5
+    for i, row in enumerate(slots):
+        torch.testing.assert_close(q.keys[i], row)
+
+
+def test_push_larger_than_queue_keeps_newest():
+    q = KeyQueue(4, 2)
+    q.push(torch.zeros(1, 2), gather=False)
+    big = torch.arange(14.0).view(7, 2)
+    q.push(big, gather=False)
+    slots, ptr = _reference_fifo(4, 2, [torch.zeros(1, 2), big])
+    assert int(q.ptr) == ptr
+    for i, row in enumerate(slots):
+        torch.testing.assert_close(q.keys[i], row)
+
+
+def test_queue_is_in_state_dict_and_restores():
+    q = KeyQueue(6, 2)
+    q.push(torch.ones(4, 2), gather=False)
+    state = q.state_dict()
+    assert set(state) == {"keys", "ptr"}
+    r = KeyQueue(6, 2)
+    r.load_state_dict(state)
+    assert int(r.ptr) == 4
+    torch.testing.assert_close(r.keys, q.keys)
+
+
+def test_initial_keys_are_unit_vectors():
+    q = KeyQueue(32, 8)
+    torch.testing.assert_close(q.keys.norm(dim=1), torch.ones(32))

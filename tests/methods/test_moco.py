@@ -1,0 +1,72 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from sslkit.methods.mocov1 import MoCoV1
+from sslkit.methods.mocov2 import MoCoV2
+
+from sslkit.contrastive.infonce import infonce_loss
+from sslkit.errors import ConfigError
+
+HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2}
+
+
+def _moco(enc, **kw):
+    torch.manual_seed(0)
+    return MoCoV2(enc, 16, HEAD, queue_size=24, momentum=0.9, split_bn_groups=2, **kw)
+
+
+def test_key_encoder_gets_no_gradient_and_query_does(tiny_encoder):
+    m = _moco(tiny_encoder)
+    x = torch.randn(8, 3, 8, 8)
+    m([x, x.flip(-1)]).loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in [*m.backbone_k.parameters(), *m.head_k.parameters()])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.head.parameters())
+
+
+def test_loss_is_infonce_against_queue_before_enqueue(tiny_encoder):
+    m = _moco(tiny_encoder, shuffle_bn="none")
+    x1, x2 = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
+    queue = m.queue.keys.clone()
+    out = m([x1, x2])
+    with torch.no_grad():
+        q = F.normalize(m.head(m.backbone(x1)), dim=1)
+        k = F.normalize(m.head_k(m.backbone_k(x2)), dim=1)
+    torch.testing.assert_close(out.loss, infonce_loss(q, k, queue, 0.2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.queue.keys, queue)  # nothing enqueued before after_step
+    m.after_step(0.1)
+    torch.testing.assert_close(m.queue.keys[:6], k, rtol=1e-4, atol=1e-5)
+    assert int(m.queue.ptr) == 6
+
+
+def test_after_step_applies_ema(tiny_encoder):
+    m = _moco(tiny_encoder)
+    with torch.no_grad():
+        for p in m.backbone.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in m.backbone_k.parameters()]
+    m([torch.randn(4, 3, 8, 8)] * 2)
+    m.after_step(0.5)
+    for k, b, q in zip(m.backbone_k.parameters(), before, m.backbone.parameters(), strict=True):
+        torch.testing.assert_close(k, 0.9 * b + 0.1 * q)
+
+
+def test_symmetric_loss_enqueues_both_views(tiny_encoder):
+    m = _moco(tiny_encoder, symmetric=True)
+    m([torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)])
+    m.after_step(0.0)
+    assert int(m.queue.ptr) == 8
+
+
+def test_split_bn_is_installed_on_one_device(tiny_encoder):
+    from sslkit.nn.split_bn import SplitBatchNorm2d
+
+    m = _moco(tiny_encoder)
+    assert m.shuffle_bn == "split"
+    assert any(isinstance(mod, SplitBatchNorm2d) for mod in m.backbone_k.modules())
+
+
+def test_mocov1_defaults_and_validation(tiny_encoder):
+    m = MoCoV1(tiny_encoder, 16, {"kind": "linear", "out_dim": 8}, queue_size=16)
+    assert m.temperature == 0.07 and m.base_momentum == 0.999
+    with pytest.raises(ConfigError, match="shuffle_bn"):
+        MoCoV1(tiny_encoder, 16, {"kind": "linear"}, shuffle_bn="sometimes")

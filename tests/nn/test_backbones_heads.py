@@ -1,0 +1,47 @@
+import pytest
+import torch
+import torchvision
+
+from sslkit.errors import ConfigError
+from sslkit.nn.backbones import build_backbone, infer_feature_dim
+from sslkit.nn.heads import build_head
+
+
+@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet50", 2048)])
+def test_torchvision_backbones_pool_to_feature_dim(name, dim):
+    model, d = build_backbone({"name": name})
+    assert d == dim == infer_feature_dim(model, 32)
+
+
+def test_small_images_stem():
+    model, _ = build_backbone({"name": "resnet18", "small_images": True})
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+
+
+def test_timm_backbone_and_errors():
+    model, d = build_backbone({"name": "timm", "timm_name": "resnet10t"})
+    assert d == infer_feature_dim(model, 32)
+    with pytest.raises(ConfigError, match="unknown timm model 'resnet10q'"):
+        build_backbone({"name": "timm", "timm_name": "resnet10q"})
+    with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
+        build_backbone({"name": "resnet81"})
+
+
+def test_backbone_state_loads_into_torchvision():
+    model, _ = build_backbone({"name": "resnet18"})
+    ref = torchvision.models.resnet18()
+    missing, unexpected = ref.load_state_dict(model.state_dict(), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+
+
+def test_heads():
+    lin = build_head({"kind": "linear", "out_dim": 128}, 512)
+    assert [type(m).__name__ for m in lin] == ["Linear"]
+    mlp = build_head({"kind": "mlp", "hidden_dim": 2048, "out_dim": 128, "num_layers": 2}, 512)
+    assert [type(m).__name__ for m in mlp] == ["Linear", "ReLU", "Linear"]
+    assert mlp[0].out_features == 2048 and mlp[2].out_features == 128
+    bn3 = build_head({"kind": "mlp", "hidden_dim": 64, "out_dim": 8, "num_layers": 3, "batch_norm": True}, 16)
+    assert [type(m).__name__ for m in bn3] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    with pytest.raises(ConfigError):
+        build_head({"kind": "transformer"}, 4)
