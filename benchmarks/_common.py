@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -121,7 +121,3 @@ def plain_bn_copy(module: nn.Module) -> nn.Module:
 
 def parse_ints(text: str) -> list[int]:
     return [int(x) for x in str(text).split(",") if x.strip()]
-
-
-def fmt_list(values: Sequence[float], scale: float = 1e3) -> str:
-    return ", ".join(f"{scale * v:.0f}" for v in values)

@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-image-images", type=int, default=512, help="images per timed per-image/lightly run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", default="1,2", help="comma-separated torch.set_num_threads values")
+    p.add_argument("--tint", action="store_true",
+                   help="tint each image with a random colour: RGB content for all backends (the batched "
+                        "backend otherwise runs grey images, R = G = B, on one channel)")
     return p.parse_args(argv)
 
 
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     threads = [int(t) for t in args.threads.split(",")]
     n = max(args.batched_images, args.per_image_images)
     images, source = load_images(n)
+    if args.tint:
+        tint = torch.rand(n, 3, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.7 + 0.3
+        images = (images.float() * tint).round().to(torch.uint8)
+        source += ", tinted to RGB"
     recipe = mocov2_recipe(args.image_size)
 
     from lightly import __version__ as lightly_version

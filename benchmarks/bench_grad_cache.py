@@ -41,8 +41,8 @@ def peak_rss_mb() -> float:
 
 def child(args: argparse.Namespace) -> None:
     import torch
-    from sslkit.methods.simclr import SimCLR
 
+    from sslkit.methods.simclr import SimCLR
     from sslkit.nn.backbones import build_backbone
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

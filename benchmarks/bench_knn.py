@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from sslkit.evaluation.knn import faiss_search, knn_brute_force_torch, predictions, vote
 
 CLASSES = 10

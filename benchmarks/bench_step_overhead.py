@@ -14,6 +14,10 @@ Baseline (written inline here, same weights, same pre-made views, same optimizer
 
 mocov2 is reported twice: with its default shuffle_bn=split (SplitBatchNorm over 8 groups, part of
 the method's semantics on one device) and with shuffle_bn=none (plain BN, the baseline's work).
+With --candidates (default) both also run with the suggested fixes patched into the instance (see
+`with_candidate_fixes`; nothing in sslkit is modified). The breakdown times each piece alone.
+Timings are interleaved (A B C, B C A, ...) because the machine is shared: read medians, minimums
+and the paired ratio together.
 
 Run:  .venv/bin/python benchmarks/bench_step_overhead.py --batch-size 128 --threads 2
 """
@@ -148,7 +152,6 @@ class SimCLRBaseline:
             self.optimizer = torch.optim.SGD(self.encoder.parameters(), lr=lr, momentum=0.9,
                                              weight_decay=float(cfg.optim.weight_decay))
         self.temperature = float(method.temperature)
-        self.n = batch
         self.mask = torch.eye(2 * batch, dtype=torch.bool)
         self.targets = torch.cat([torch.arange(batch) + batch, torch.arange(batch)])
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -69,7 +70,10 @@ def load_trained(path: str | Path) -> TrainedBackbone:
 
 def parse_keys(overrides: list[str]) -> list[tuple[str, bool]]:
     """(key or group, is a group choice) for every override, as Hydra parses them."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(f"cannot parse overrides {overrides}: {str(exc).splitlines()[0]}") from None
     return [(ov.key_or_group, "." not in ov.key_or_group and not ov.is_delete()) for ov in parsed]
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sslkit.methods.base import ContrastiveMethod, StepOutput
 from torch import Tensor, nn
 
 from sslkit.contrastive import KeyQueue, ema_update, infonce_logits, momentum_at
@@ -15,6 +14,7 @@ from sslkit.contrastive.distributed import world_size
 from sslkit.contrastive.momentum import frozen_copy
 from sslkit.contrastive.shuffle_bn import shuffle_ddp, shuffle_local, unshuffle_ddp, unshuffle_local
 from sslkit.errors import ConfigError
+from sslkit.methods.base import ContrastiveMethod, StepOutput
 from sslkit.nn.split_bn import convert_split_bn
 from sslkit.registry import register_method
 
@@ -70,7 +70,7 @@ class MoCoV1(ContrastiveMethod):
 
     def training_step(self, views: Sequence[Tensor]) -> StepOutput:
         x_q, x_k = views[0], views[1]
-        queue = self.queue.keys.clone().detach()
+        queue = self.queue.keys  # written only in after_step, after backward: no copy needed
         k = self._key(x_k)
         loss, acc = self._contrast(self._query(x_q), k, queue)
         self._pending = [k]

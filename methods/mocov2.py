@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sslkit.methods.mocov1 import MoCoV1
 from torch import nn
 
+from sslkit.methods.mocov1 import MoCoV1
 from sslkit.registry import register_method
 
 

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from sslkit.methods.base import ContrastiveMethod, StepOutput
 from torch import Tensor, nn
 
 from sslkit.contrastive.distributed import gather_with_grad, rank, world_size
 from sslkit.contrastive.grad_cache import cached_backward
 from sslkit.contrastive.ntxent import ntxent_loss
 from sslkit.errors import ConfigError
+from sslkit.methods.base import ContrastiveMethod, StepOutput
 from sslkit.registry import register_method
 
 

@@ -93,7 +93,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
                               "on CPU MoCo uses shuffle-BN across ranks instead")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(world.device)
-    if bool(cfg.trainer.channels_last) and world.device.type == "cuda":
+    if bool(cfg.trainer.channels_last):  # NHWC: faster convolutions on GPUs and on oneDNN CPUs
         method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     batch = int(cfg.data.batch_size)
     loader = train_loader(dataset, batch, world=world.size, rank=world.rank, seed=int(cfg.seed),

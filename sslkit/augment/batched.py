@@ -163,15 +163,16 @@ class BatchedAugment(torch.nn.Module):
         # uint8 input is processed as the integers 0..255 and rounded/truncated after each op exactly
         # where torchvision's uint8 kernels are; float input stays in [0, 1] like its float kernels.
         uint8 = not images.is_floating_point()
+        if images.shape[1] == 3 and bool((images[:, 0] == images[:, 1]).all() & (images[:, 0] == images[:, 2]).all()):
+            images = images[:, :1]  # grey images (e.g. Fashion-MNIST repeated to RGB): one channel is enough
         x = images.float() if uint8 else images
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        grey = x.shape[1] == 1  # every op keeps R = G = B, so one channel gives the same numbers 3x faster
         n, _, height, width = x.shape
         p = {k: v.to(x.device, non_blocking=True)
              for k, v in self.sample_params(n, height, width, generator).items()}
         x = self._crop_flip(x, p, uint8)
         if self.recipe.jitter_p > 0 and any(self.active):
-            x = self._jitter(x, p, uint8)
+            x = self._jitter(x, p, uint8, grey)
         if self.recipe.gray_p > 0:
             x = torch.where(p["gray"].view(-1, 1, 1, 1), color.grayscale(x, uint8).expand_as(x), x)
         if self.recipe.blur_p > 0:
@@ -181,7 +182,7 @@ class BatchedAugment(torch.nn.Module):
                 x = x.index_copy(0, idx, blurred.round_() if uint8 else blurred)
         if uint8:
             x = x * (1.0 / 255.0)
-        return (x - self.mean.to(x.device, x.dtype)) / self.std.to(x.device, x.dtype)
+        return (x.expand(-1, 3, -1, -1) - self.mean.to(x.device, x.dtype)) / self.std.to(x.device, x.dtype)
 
     def _crop_flip(self, x: Tensor, p: dict[str, Tensor], uint8: bool) -> Tensor:
         """Crop + resize as two batched matrix products; the flip reverses the rows of the x-matrix.
@@ -212,7 +213,7 @@ class BatchedAugment(torch.nn.Module):
             out = _fixed_point_round(out, shift_y)
         return out.view(n, size, c, size).transpose(1, 2).contiguous().to(x.dtype)  # (N, C, S, S)
 
-    def _jitter(self, x: Tensor, p: dict[str, Tensor], uint8: bool) -> Tensor:
+    def _jitter(self, x: Tensor, p: dict[str, Tensor], uint8: bool, grey: bool = False) -> Tensor:
         """ColorJitter on the samples whose `jitter` mask is set, each with its own op order."""
         idx = p["jitter"].nonzero().squeeze(1)
         if idx.numel() == 0:
@@ -223,7 +224,8 @@ class BatchedAugment(torch.nn.Module):
         ops = (color.adjust_brightness, color.adjust_contrast, color.adjust_saturation, color.adjust_hue)
         for pos in range(4):
             for op in range(4):
-                if not self.active[op]:
+                # Hue is the identity on grey pixels (saturation 0), so grey batches skip it.
+                if not self.active[op] or (grey and op == 3):
                     continue
                 sel = (order[:, pos] == op).nonzero().squeeze(1)
                 if sel.numel():

@@ -17,9 +17,10 @@ def infonce_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> T
 
     `q`, `k` are (N, D) and `queue` is (K, D); all are expected L2-normalised.
     """
+    q = q / temperature  # scale the N x D queries, not the N x (1+K) logits
     pos = (q * k).sum(dim=1, keepdim=True)
     neg = q @ queue.t()
-    return torch.cat([pos, neg], dim=1) / temperature
+    return torch.cat([pos, neg], dim=1)
 
 
 def infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:

@@ -26,9 +26,9 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float, all_z1: Tensor | Non
     b, total = z1.shape[0], all_z1.shape[0]
     candidates = torch.cat([all_z1, all_z2])                  # (2T, D)
     anchors = torch.cat([z1, z2])                             # (2B, D)
-    logits = anchors @ candidates.t() / temperature           # (2B, 2T)
+    logits = (anchors / temperature) @ candidates.t()         # (2B, 2T)
     local = torch.arange(b, device=z1.device) + offset
     self_idx = torch.cat([local, local + total])
     pos_idx = torch.cat([local + total, local])
-    logits = logits.masked_fill(F.one_hot(self_idx, 2 * total).bool(), float("-inf"))
+    logits = logits.scatter(1, self_idx.unsqueeze(1), float("-inf"))  # no self-similarity
     return F.cross_entropy(logits, pos_idx)

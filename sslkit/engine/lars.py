@@ -37,7 +37,7 @@ class LARS(Optimizer):
                     trust = torch.where((w_norm > 0) & (g_norm > 0),
                                         group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
                                         torch.ones_like(w_norm))
-                    grad = grad.mul(trust)
+                    grad.mul_(trust)  # `grad` is already a fresh tensor from the add above
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.clone(grad).detach()

@@ -60,13 +60,16 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, list | tuple):
-        return [_to_device(b, device, channels_last) for b in batch]
-    batch = batch.to(device, non_blocking=True)
-    if channels_last and batch.ndim == 4:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    return batch
+        return [_to_device(b, device) for b in batch]
+    return batch.to(device, non_blocking=True)
+
+
+def _memory_format(views: Sequence[Tensor], channels_last: bool) -> Sequence[Tensor]:
+    if not channels_last:
+        return views
+    return [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for v in views]
 
 
 def save_checkpoint(run_dir: Path, method: ContrastiveMethod, optimizer: Optimizer, scheduler: LRScheduler,
@@ -134,7 +137,7 @@ def fit(method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, op
             sampler.set_epoch(state.epoch)  # type: ignore[attr-defined]
             sampler.skip = state.batch_in_epoch * per_rank_batch  # type: ignore[attr-defined]
             for images, _ in loader:
-                views = make_views(_to_device(images, world.device, settings.channels_last))
+                views = _memory_format(make_views(_to_device(images, world.device)), settings.channels_last)
                 with autocast(world.device, settings.precision):
                     out = model(views)
                 if not out.backward_done:

@@ -71,14 +71,6 @@ def view_stats(v: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, as in a DataLoader worker: steady timings on a busy 2-core machine too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:

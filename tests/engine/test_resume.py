@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from sslkit.methods.mocov2 import MoCoV2
 
 from sslkit.config import compose
 from sslkit.engine import checkpoint as ckpt
+from sslkit.methods.mocov2 import MoCoV2
 from sslkit.train import load_checkpoint, resume_config, train
 from tests.conftest import needs_fashion
 

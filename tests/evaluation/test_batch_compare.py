@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from sslkit.evaluation import batch_compare as bc
 
 from sslkit import cli as sslkit_cli
 from sslkit.config import compose
 from sslkit.errors import ConfigError
+from sslkit.evaluation import batch_compare as bc
 from tests.conftest import needs_fashion
 
 RUNS = "eval.runs=[{method:simclr,batch_size:16},{method:simclr,batch_size:32},{method:mocov2,batch_size:16}]"

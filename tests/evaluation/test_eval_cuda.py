@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from sslkit.evaluation.features import backbone_features
-from sslkit.evaluation.linear import FastSettings, ProtocolSettings, fast_probe, snapshot, train_protocol
 
 from sslkit.contrastive.grad_cache import cached_backward, embed_chunks
 from sslkit.data.base import TensorImageDataset
+from sslkit.evaluation.features import backbone_features
+from sslkit.evaluation.linear import FastSettings, ProtocolSettings, fast_probe, snapshot, train_protocol
 from tests.conftest import TinyEncoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import torch
-from sslkit.evaluation import features as F
 from torch.utils.data import Dataset
 
 from sslkit.data.base import TensorImageDataset
+from sslkit.evaluation import features as F
 from tests.conftest import TinyEncoder
 
 DATA = {"name": "toy", "root": None, "image_size": 32, "mean": [0.3, 0.4, 0.5], "std": [0.2, 0.25, 0.3]}

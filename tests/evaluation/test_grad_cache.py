@@ -6,11 +6,11 @@ from __future__ import annotations
 import copy
 
 import torch
-from sslkit.methods.simclr import SimCLR
 from torch import nn
 
 from sslkit.contrastive.grad_cache import cached_backward, embed_chunks
 from sslkit.contrastive.ntxent import ntxent_loss
+from sslkit.methods.simclr import SimCLR
 
 TAU = 0.2
 HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2, "batch_norm": True}

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+
+from sslkit.errors import ConfigError
 from sslkit.evaluation.features import load_features
 from sslkit.evaluation.knn import (
     faiss_search,
@@ -16,8 +18,6 @@ from sslkit.evaluation.knn import (
     reported_k,
     topk_accuracy,
 )
-
-from sslkit.errors import ConfigError
 from tests.conftest import needs_fashion
 
 KS = [1, 5, 20, 200]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
+from sslkit.data.base import TensorImageDataset
 from sslkit.evaluation.features import backbone_features, load_features
 from sslkit.evaluation.linear import (
     BackboneChangedError,
@@ -16,9 +19,6 @@ from sslkit.evaluation.linear import (
     standardise,
     train_protocol,
 )
-from torch import nn
-
-from sslkit.data.base import TensorImageDataset
 from tests.conftest import TinyEncoder, needs_fashion
 
 DATA = {"name": "toy", "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}

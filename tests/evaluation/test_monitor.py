@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import torch
-from sslkit.evaluation.monitor import KnnMonitor
-from sslkit.evaluation.plots import plot_training, read_metrics
 
 from sslkit.config import compose
+from sslkit.evaluation.monitor import KnnMonitor
+from sslkit.evaluation.plots import plot_training, read_metrics
 from tests.conftest import TinyEncoder, needs_fashion
 
 pytestmark = needs_fashion

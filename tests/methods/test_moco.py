@@ -1,11 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from sslkit.methods.mocov1 import MoCoV1
-from sslkit.methods.mocov2 import MoCoV2
 
 from sslkit.contrastive.infonce import infonce_loss
 from sslkit.errors import ConfigError
+from sslkit.methods.mocov1 import MoCoV1
+from sslkit.methods.mocov2 import MoCoV2
 
 HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2}
 

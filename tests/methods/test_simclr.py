@@ -1,7 +1,7 @@
 import torch
-from sslkit.methods.simclr import SimCLR
 
 from sslkit.contrastive.ntxent import ntxent_loss
+from sslkit.methods.simclr import SimCLR
 
 HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2}
 
