@@ -86,12 +86,12 @@ def _resume_config(resume: str, overrides: list[str]) -> tuple[Any, dict[str, An
     """The checkpoint's own config with this command's key=value overrides applied on top."""
     from omegaconf import OmegaConf
 
-    from sslkit.config import GROUPS, _leaf_keys
+    from sslkit.config import GROUPS, leaf_keys
     from sslkit.train import load_checkpoint, resume_config
 
     ckpt, run_dir = load_checkpoint(resume)
     cfg = resume_config(ckpt)
-    valid = set(_leaf_keys(cfg))
+    valid = set(leaf_keys(cfg))
     for o in overrides:
         key, _, value = o.partition("=")
         if key in GROUPS:

@@ -26,12 +26,13 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+def leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key path of a config, groups included (e.g. `trainer`, `trainer.epochs`)."""
     if not isinstance(node, DictConfig):
         return [prefix]
     keys = [prefix] if prefix else []
     for k in node.keys():
-        keys += _leaf_keys(node._get_node(k), f"{prefix}.{k}" if prefix else str(k))
+        keys += leaf_keys(node._get_node(k), f"{prefix}.{k}" if prefix else str(k))
     return keys
 
 
@@ -71,7 +72,7 @@ def _rewrite(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _check_keys(cfg: DictConfig, keys: list[str]) -> None:
-    valid = _leaf_keys(cfg)
+    valid = leaf_keys(cfg)
     for ov in OverridesParser.create().parse_overrides(keys):
         key = ov.key_or_group
         if ov.is_add() or ov.is_force_add() or key in valid:
