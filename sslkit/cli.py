@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sslkit.errors import ConfigError, UserError
+from sslkit.errors import ConfigError, UserError, one_line
 
 OVERRIDES_HELP = ("Hydra-style overrides: group=option (method=mocov2 backbone=resnet50 data=cifar10) "
                   "and key=value (data.batch_size=128 trainer.max_steps=100 out=runs/x seed=1).")
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return cmd_export(overrides)
     except UserError as exc:
-        print(f"sslkit: error: {exc}", file=sys.stderr)
+        print(f"sslkit: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sslkit: interrupted; the last checkpoint is in the run directory (resume with "

@@ -24,6 +24,19 @@ class CheckpointError(UserError):
     """A checkpoint path that points at nothing, or a file that is not an sslkit checkpoint."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` on one line. An error re-raised from a DataLoader worker carries the
+    worker's traceback in its message; its last line is the original `Type: message`."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    last = lines[-1].strip()
+    if len(lines) > 1 and "Traceback" in str(exc):
+        _, sep, message = last.partition(": ")
+        return message if sep else last
+    return " ".join(line.strip() for line in lines)
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice most similar to `word`, or None when nothing is close."""
     found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)

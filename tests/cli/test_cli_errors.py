@@ -40,6 +40,19 @@ def test_empty_image_folder(tmp_path):
     _one_line_error(run_cli("train", "data=imagefolder", f"data.root={tmp_path / 'imgs'}"), "no images found")
 
 
+def test_corrupt_image_in_a_dataloader_worker(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), (60 * i, 0, 0)).save(tmp_path / "train" / cls / f"{i}.png")
+    (tmp_path / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    res = run_cli("train", "data=imagefolder", f"data.root={tmp_path}", "data.image_size=32", "data.batch_size=9",
+                  "data.num_workers=2", "method.queue_size=18", "trainer.max_steps=2")
+    _one_line_error(res, "cannot decode image", "broken.jpg")
+
+
 def test_checkpoint_pointing_at_nothing(tmp_path):
     _one_line_error(run_cli("eval", "knn", f"checkpoint={tmp_path / 'missing'}"), "does not exist")
     _one_line_error(run_cli("export", f"checkpoint={tmp_path / 'missing'}"), "does not exist")
