@@ -27,11 +27,14 @@ def _torchvision_resnet(name: str, small_images: bool) -> tuple[nn.Module, int]:
     return model, dim
 
 
-def _timm_model(name: str) -> tuple[nn.Module, int]:
+def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, int]:
     import timm
 
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+        try:  # ViTs and other fixed-size models are built for the data's size
+            model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+        except TypeError:  # models without an img_size argument (CNNs)
+            model = timm.create_model(name, pretrained=False, num_classes=0)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ConfigError(f"unknown timm model '{name}'; "
@@ -48,7 +51,8 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:
     if name == "timm":
         if not cfg.get("timm_name"):
             raise ConfigError("backbone=timm needs backbone.timm_name=<a timm model name>")
-        return _timm_model(str(cfg["timm_name"]))
+        size = cfg.get("image_size")
+        return _timm_model(str(cfg["timm_name"]), int(size) if size else None)
     raise ConfigError(f"unknown backbone '{name}'; {suggestion(name, (*TORCHVISION, 'timm'))}")
 
 

@@ -19,6 +19,11 @@ def test_small_images_stem():
     assert isinstance(model.maxpool, torch.nn.Identity)
 
 
+def test_timm_vit_is_built_for_the_data_size():
+    model, d = build_backbone({"name": "timm", "timm_name": "vit_tiny_patch16_224", "image_size": 32})
+    assert d == 192 and model(torch.zeros(2, 3, 32, 32)).shape == (2, 192)
+
+
 def test_timm_backbone_and_errors():
     model, d = build_backbone({"name": "timm", "timm_name": "resnet10t"})
     assert d == infer_feature_dim(model, 32)
