@@ -17,12 +17,18 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 _TO_UINT8 = 255.0 + 1.0 - 1e-3  # torchvision to_dtype(float -> uint8, scale=True): floor(x * (256 - eps))
 
 
+def _channels(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """R, G, B planes; a grey image held in one channel gives that plane three times (same arithmetic)."""
+    if x.shape[-3] == 1:
+        r = x.squeeze(-3)
+        return r, r, r
+    r, g, b = x.unbind(dim=-3)
+    return r, g, b
+
+
 def grayscale(x: Tensor, uint8: bool = False) -> Tensor:
     """(N, 1, H, W) luma L = 0.2989 R + 0.587 G + 0.114 B (floored for uint8)."""
-    if x.shape[-3] == 1:  # a grey image in one channel: the same arithmetic as on three equal channels
-        r = g = b = x.squeeze(-3)
-    else:
-        r, g, b = x.unbind(dim=-3)
+    r, g, b = _channels(x)
     # torchvision's exact arithmetic (add with alpha is a fused multiply-add), so floors agree too
     gray = r.mul(GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(-3)
     return gray.floor_() if uint8 else gray
@@ -69,10 +75,7 @@ def hue_sector(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     Pillow's / torchvision's case order: red wins ties, then green; gray pixels (delta = 0) get hue 0.
     Elementwise maximum/minimum instead of a reduction over the channel axis (much faster in NCHW).
     """
-    if x.shape[-3] == 1:  # a grey image in one channel: the same arithmetic as on three equal channels
-        r = g = b = x.squeeze(-3)
-    else:
-        r, g, b = x.unbind(dim=-3)
+    r, g, b = _channels(x)
     v = torch.maximum(torch.maximum(r, g), b)
     delta = v - torch.minimum(torch.minimum(r, g), b)
     inv = 1.0 / delta.clamp(min=1e-12)  # delta = 0: every numerator below is 0 and v == r gives hue 0

@@ -30,9 +30,10 @@ def _torchvision_resnet(name: str, small_images: bool) -> tuple[nn.Module, int]:
 def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, int]:
     import timm
 
+    sized = {"img_size": image_size} if image_size else {}  # ViTs and other fixed-size models
     try:
-        try:  # ViTs and other fixed-size models are built for the data's size
-            model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0, **sized)
         except TypeError:  # models without an img_size argument (CNNs)
             model = timm.create_model(name, pretrained=False, num_classes=0)
     except RuntimeError as exc:
