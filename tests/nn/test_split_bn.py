@@ -1,3 +1,6 @@
+import copy
+
+import pytest
 import torch
 from torch import nn
 
@@ -53,3 +56,70 @@ def test_convert_replaces_every_bn_and_keeps_weights():
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(isinstance(m, SplitBatchNorm2d) for m in bns)
     assert torch.all(model.bn1.weight == 3.0)
+
+
+def _previous_forward(bn, x):
+    """The earlier SplitBatchNorm2d forward (groups folded into channels by reshape), as a reference."""
+    g = bn.num_splits
+    n, c, h, w = x.shape
+    mean, var = bn.running_mean.repeat(g), bn.running_var.repeat(g)
+    out = torch.nn.functional.batch_norm(x.reshape(n // g, c * g, h, w), mean, var, bn.weight.repeat(g),
+                                         bn.bias.repeat(g), True, bn.momentum, bn.eps).view(n, c, h, w)
+    bn.running_mean.copy_(mean.view(g, c).mean(0))
+    bn.running_var.copy_(var.view(g, c).mean(0))
+    bn.num_batches_tracked.add_(1)
+    return out
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("spatial", [(5, 3), (1, 1)])
+def test_forward_backward_and_running_stats_equal_the_previous_implementation(memory_format, spatial):
+    torch.manual_seed(2)
+    bn = SplitBatchNorm2d(6, num_splits=4, momentum=0.3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+    ref = copy.deepcopy(bn)
+    for step in range(3):  # running statistics accumulate over steps
+        x = (torch.randn(16, 6, *spatial, dtype=torch.float64) * (step + 1) + step)
+        x = x.contiguous(memory_format=memory_format)
+        x_ref = x.detach().clone().requires_grad_(True)
+        x.requires_grad_(True)
+        weights = torch.randn(16, 6, *spatial, dtype=torch.float64)
+        out = bn(x)
+        out_ref = _previous_forward(ref, x_ref)
+        torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+        assert out._base is None  # not a view: an in-place op after it needs no CopySlices
+        assert out.is_contiguous(memory_format=memory_format)
+        torch.relu_(out)  # as ResNet's ReLU(inplace=True) does
+        (out * weights).sum().backward()
+        (torch.relu(out_ref) * weights).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+        for name in ("weight", "bias"):
+            torch.testing.assert_close(getattr(bn, name).grad, getattr(ref, name).grad, rtol=1e-10, atol=1e-12)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(bn, name), getattr(ref, name), rtol=1e-12, atol=1e-14)
+    assert bn.weight.grad.abs().sum() > 0 and not torch.allclose(bn.running_var, torch.ones(6, dtype=torch.float64))
+
+
+def test_channels_last_statistics_are_per_group_and_eval_is_plain_bn():
+    torch.manual_seed(3)
+    bn = SplitBatchNorm2d(3, num_splits=4)
+    x = (torch.randn(16, 3, 5, 5) * torch.arange(1, 17.0).view(16, 1, 1, 1)).contiguous(
+        memory_format=torch.channels_last)
+    torch.testing.assert_close(bn(x), _per_group_reference(x, 4, bn.eps), rtol=1e-4, atol=1e-5)
+    plain = nn.BatchNorm2d(3)
+    plain.load_state_dict(bn.state_dict())
+    bn.eval()
+    plain.eval()
+    torch.testing.assert_close(bn(x), plain(x))
+
+
+def test_momentum_none_is_a_cumulative_average():
+    torch.manual_seed(4)
+    bn = SplitBatchNorm2d(2, num_splits=2, momentum=None)
+    xs = [torch.randn(8, 2, 3, 3) + i for i in range(2)]
+    for x in xs:
+        bn(x)
+    group_means = [torch.stack([x[b::2].mean(dim=(0, 2, 3)) for b in range(2)]).mean(0) for x in xs]
+    torch.testing.assert_close(bn.running_mean, (group_means[0] + group_means[1]) / 2)
