@@ -12,7 +12,9 @@ from sslkit.errors import ConfigError
 
 def test_lr_scaling():
     assert scaled_lr(0.3, 4096, "linear") == pytest.approx(4.8)
-    assert scaled_lr(0.3, 1024, "sqrt") == pytest.approx(0.6)
+    for b in (256, 1024, 4096):  # SimCLR appendix B.1: 0.3 x B/256 and 0.075 x sqrt(B) from the same base lr
+        assert scaled_lr(0.3, b, "linear") == pytest.approx(0.3 * b / 256)
+        assert scaled_lr(0.3, b, "sqrt") == pytest.approx(0.075 * math.sqrt(b))
     assert scaled_lr(0.3, 1024, "none") == 0.3
     with pytest.raises(ConfigError):
         scaled_lr(0.3, 1, "cubic")
