@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from sslkit.engine.checkpoint import save_atomic
 from sslkit.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: subsets are stratified and seeded (were the first N)
 KINDS = ("backbone", "pixels")
 
 
@@ -106,7 +106,7 @@ def cache_key(kind: str, split: str, subset: int | None, data: Mapping[str, Any]
     """A hash of everything the features depend on."""
     ident: dict[str, Any] = {
         "version": CACHE_VERSION, "kind": kind, "split": split, "subset": subset,
-        "data": {k: data.get(k) for k in ("name", "root", "image_size", "mean", "std")},
+        "data": {k: data.get(k) for k in ("name", "root", "image_size", "mean", "std", "subset_seed")},
     }
     if kind == "backbone":
         if checkpoint is None:
@@ -122,7 +122,7 @@ def load_features(kind: str, split: str, subset: int | None, data: Mapping[str, 
                   backbone: nn.Module | None = None, checkpoint: Path | None = None,
                   device: torch.device | None = None, batch_size: int = 512,
                   cache_dir: Path | None = None) -> Features:
-    """Features of the first `subset` images of `split` ("train" or "test"), from `cache_dir` when
+    """Features of a stratified `subset` of the images of `split` ("train" or "test"), from `cache_dir` when
     present there (None: no cache)."""
     if kind not in KINDS:
         from sslkit.errors import ConfigError, suggestion

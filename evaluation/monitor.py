@@ -15,8 +15,8 @@ from .knn import DEFAULT_K, DEFAULT_TEMPERATURE, as_ks, knn_accuracy, reported_k
 
 
 class KnnMonitor:
-    """An epoch hook `(epoch, encoder) -> {"knn_top1": %}` on the first `cfg.trainer.monitor_subset`
-    images of the labelled "train" split (memory bank) and of the "test" split.
+    """An epoch hook `(epoch, encoder) -> {"knn_top1": %}` on `cfg.trainer.monitor_subset` images,
+    stratified by class, of the labelled "train" split (memory bank) and of the "test" split.
 
     k and T come from `cfg.eval` when it is the kNN group (k=200 when listed, else the largest),
     otherwise k=200, T=0.1; k is capped at the bank size. Features are computed under no_grad with

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from sslkit.nn.heads import build_head
+
+
+@contextlib.contextmanager
+def fp32_loss(*tensors: Tensor) -> Iterator[Any]:
+    """Autocast off and half-precision `tensors` cast to float32: contrastive logits are exp(sim / tau) with tau ~ 0.1,
+    where bf16's 8-bit mantissa loses the differences between negatives. Yields one tensor or a tuple."""
+    with torch.autocast(device_type=tensors[0].device.type, enabled=False):
+        out = tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+        yield out[0] if len(out) == 1 else out
 
 
 @dataclass
@@ -59,6 +70,11 @@ class ContrastiveMethod(nn.Module, ABC):
 
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step with training progress in [0, 1] (EMA update, enqueue)."""
+
+    def stall_check(self, step: int, logs: Mapping[str, float]) -> str | None:
+        """Called by the engine with each step's logged scalars; a one-line warning when training is
+        visibly stuck (e.g. MoCo's loss at ln(K+1) with accuracy 0), else None. Default: never."""
+        return None
 
     def set_backward(self, fn: Callable[[Tensor], None]) -> None:
         """The engine's backward (AMP scaling); used by methods with `custom_backward`."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,11 +15,14 @@ from sslkit.contrastive.distributed import world_size
 from sslkit.contrastive.momentum import frozen_copy
 from sslkit.contrastive.shuffle_bn import shuffle_ddp, shuffle_local, unshuffle_ddp, unshuffle_local
 from sslkit.errors import ConfigError
-from sslkit.methods.base import ContrastiveMethod, StepOutput
+from sslkit.methods.base import ContrastiveMethod, StepOutput, fp32_loss
 from sslkit.nn.split_bn import convert_split_bn
 from sslkit.registry import register_method
 
 SHUFFLE_BN = ("auto", "ddp", "split", "none")
+REDUCTIONS = ("sum", "mean")
+#: logged steps in a row at loss ~ ln(K+1) and accuracy ~ 0 before `stall_check` warns
+STALL_STEPS = 300
 
 
 @register_method("mocov1")
@@ -30,8 +34,11 @@ class MoCoV1(ContrastiveMethod):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float = 0.07,
                  queue_size: int = 65536, momentum: float = 0.999, momentum_schedule: str = "constant",
-                 symmetric: bool = False, shuffle_bn: str = "auto", split_bn_groups: int = 8, **params: Any) -> None:
+                 symmetric: bool = False, symmetric_reduction: str = "sum", shuffle_bn: str = "auto",
+                 split_bn_groups: int = 8, **params: Any) -> None:
         super().__init__(backbone, feature_dim, head, **params)
+        if symmetric_reduction not in REDUCTIONS:
+            raise ConfigError(f"method.symmetric_reduction='{symmetric_reduction}' is invalid; valid: sum, mean")
         if shuffle_bn not in SHUFFLE_BN:
             raise ConfigError(f"method.shuffle_bn='{shuffle_bn}' is invalid; valid: {', '.join(SHUFFLE_BN)}")
         if not 0.0 <= momentum <= 1.0:
@@ -44,7 +51,9 @@ class MoCoV1(ContrastiveMethod):
             convert_split_bn(self.backbone, split_bn_groups)
         self.shuffle_bn = shuffle_bn
         self.temperature, self.base_momentum, self.momentum_schedule = temperature, momentum, momentum_schedule
-        self.symmetric = symmetric
+        self.symmetric, self.symmetric_reduction = symmetric, symmetric_reduction
+        self._stall_since: int | None = None
+        self._stall_warned = False
         self.head = self.build_head()
         self.backbone_k, self.head_k = frozen_copy(self.backbone), frozen_copy(self.head)
         self.queue = KeyQueue(queue_size, int(self.head_cfg.get("out_dim", 128)))
@@ -64,9 +73,10 @@ class MoCoV1(ContrastiveMethod):
         return F.normalize(self.head_k(self.backbone_k(x)), dim=1)
 
     def _contrast(self, q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
-        logits = infonce_logits(q, k, queue, self.temperature)
-        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-        return F.cross_entropy(logits, labels), (logits.argmax(1) == 0).float().mean()
+        with fp32_loss(q, k, queue) as (q32, k32, queue32):  # logits in fp32 under bf16/fp16 autocast
+            logits = infonce_logits(q32, k32, queue32, self.temperature)
+            labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+            return F.cross_entropy(logits, labels), (logits.argmax(1) == 0).float().mean()
 
     def training_step(self, views: Sequence[Tensor]) -> StepOutput:
         x_q, x_k = views[0], views[1]
@@ -77,9 +87,34 @@ class MoCoV1(ContrastiveMethod):
         if self.symmetric:  # each view is once the query and once the key (MoCo CIFAR-10 demo)
             k2 = self._key(x_q)
             loss2, acc2 = self._contrast(self._query(x_k), k2, queue)
-            loss, acc = (loss + loss2) / 2, (acc + acc2) / 2
+            # the demo sums the two losses (loss_12 + loss_21); "mean" halves the gradient at the same lr
+            loss = loss + loss2 if self.symmetric_reduction == "sum" else (loss + loss2) / 2
+            acc = (acc + acc2) / 2
             self._pending.append(k2)
         return StepOutput(loss, {"loss": loss.detach(), "acc": acc})
+
+    def chance_loss(self) -> float:
+        """The loss of an encoder that cannot tell its key from the queue: ln(K+1) per query term."""
+        terms = 2 if self.symmetric and self.symmetric_reduction == "sum" else 1
+        return terms * math.log(self.queue.size + 1)
+
+    def stall_check(self, step: int, logs: Mapping[str, float]) -> str | None:
+        """Warn once when the loss has sat within 1% of ln(K+1) with accuracy < 1% for STALL_STEPS steps."""
+        if self._stall_warned or "loss" not in logs or "acc" not in logs:
+            return None
+        chance = self.chance_loss()
+        if abs(float(logs["loss"]) - chance) > 0.01 * chance or float(logs["acc"]) >= 0.01:
+            self._stall_since = None
+            return None
+        if self._stall_since is None:
+            self._stall_since = step
+        if step - self._stall_since < STALL_STEPS:
+            return None
+        self._stall_warned = True
+        return (f"warning: MoCo's loss has sat at ln(K+1)={chance:.3f} with contrastive accuracy ~0 since step "
+                f"{self._stall_since}: the encoder is not learning. Likely fixes: a warm-up "
+                f"(optim.warmup_epochs=0.5), a higher method.temperature (0.3), a lower optim.lr, or a smaller "
+                f"method.queue_size")
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

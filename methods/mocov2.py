@@ -16,7 +16,7 @@ from sslkit.registry import register_method
 
 @register_method("mocov2")
 class MoCoV2(MoCoV1):
-    """MoCo v1 with MoCo v2's defaults: 2-layer MLP head (2048, ReLU) and tau=0.2."""
+    """MoCo v1 with MoCo v2's defaults: 2-layer MLP head (hidden = feature dim, ReLU) and tau=0.2."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float = 0.2,
                  **params: Any) -> None:

@@ -171,9 +171,12 @@ class BatchedAugment(torch.nn.Module):
         p = {k: v.to(x.device, non_blocking=True)
              for k, v in self.sample_params(n, height, width, generator).items()}
         x = self._crop_flip(x, p, uint8)
+        gray_first = self.recipe.order == "gray_first"
+        if self.recipe.gray_p > 0 and gray_first:
+            x = torch.where(p["gray"].view(-1, 1, 1, 1), color.grayscale(x, uint8).expand_as(x), x)
         if self.recipe.jitter_p > 0 and any(self.active):
             x = self._jitter(x, p, uint8, grey)
-        if self.recipe.gray_p > 0:
+        if self.recipe.gray_p > 0 and not gray_first:
             x = torch.where(p["gray"].view(-1, 1, 1, 1), color.grayscale(x, uint8).expand_as(x), x)
         if self.recipe.blur_p > 0:
             idx = p["blur"].nonzero().squeeze(1)

@@ -18,15 +18,18 @@ ImageTransform = Callable[[Tensor], Tensor]
 
 
 def per_image_transform(recipe: AugRecipe) -> ImageTransform:
-    """crop -> jitter (p) -> grayscale (p) -> blur (p) -> flip (p) -> float [0, 1] -> normalize."""
+    """crop -> jitter (p) -> grayscale (p) -> blur (p) -> flip (p) -> float [0, 1] -> normalize
+    (grayscale before jitter with `order="gray_first"`, as the official MoCo v1 code)."""
     steps: list[torch.nn.Module] = [
         v2.RandomResizedCrop(recipe.image_size, scale=recipe.crop_scale, ratio=recipe.crop_ratio,
                              antialias=True),
     ]
+    colour: list[torch.nn.Module] = []
     if recipe.jitter_p > 0 and any(recipe.jitter):
-        steps.append(v2.RandomApply([v2.ColorJitter(*recipe.jitter)], p=recipe.jitter_p))
+        colour.append(v2.RandomApply([v2.ColorJitter(*recipe.jitter)], p=recipe.jitter_p))
     if recipe.gray_p > 0:
-        steps.append(v2.RandomGrayscale(p=recipe.gray_p))
+        colour.append(v2.RandomGrayscale(p=recipe.gray_p))
+    steps += colour[::-1] if recipe.order == "gray_first" else colour
     if recipe.blur_p > 0:
         steps.append(v2.RandomApply([v2.GaussianBlur(recipe.blur_kernel_size, sigma=recipe.blur_sigma)],
                                     p=recipe.blur_p))

@@ -2,8 +2,8 @@
 
 The three shipped recipes (configs/aug/*.yaml) are:
 
-* MoCo v1 (He et al., arXiv 1911.05722, Sec. 4.1): RandomResizedCrop(scale 0.2-1), colour jitter
-  (0.4, 0.4, 0.4, 0.4) always, grayscale p=0.2, horizontal flip.
+* MoCo v1 (He et al., arXiv 1911.05722, Sec. 4.1): RandomResizedCrop(scale 0.2-1), grayscale
+  p=0.2 THEN colour jitter (0.4, 0.4, 0.4, 0.4) always (the official main_moco.py order), flip.
 * MoCo v2 "aug+" (Chen et al., arXiv 2003.04297, Sec. 2): as v1 with jitter (0.4, 0.4, 0.4, 0.1) at
   p=0.8 and Gaussian blur sigma ~ U[0.1, 2] at p=0.5.
 * SimCLR (Chen et al., arXiv 2002.05709, appendix A): crop scale 0.08-1, colour strength 1.0, i.e.
@@ -20,6 +20,7 @@ from typing import Any
 from sslkit.errors import ConfigError, suggestion
 
 IGNORED_KEYS = ("recipe", "backend")
+ORDERS = ("jitter_first", "gray_first")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class AugRecipe:
 
     Defaults live in configs/aug: MoCo v1 (arXiv 1911.05722, Sec. 4.1), MoCo v2 aug+ (arXiv
     2003.04297, Sec. 2), SimCLR (arXiv 2002.05709, appendix A). Op order: crop, jitter, grayscale,
-    blur, flip, normalize.
+    blur, flip, normalize; `order="gray_first"` swaps jitter and grayscale (official MoCo v1 code).
     """
 
     image_size: int
@@ -43,6 +44,7 @@ class AugRecipe:
     flip_p: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    order: str = "jitter_first"  # jitter_first | gray_first
 
     @property
     def blur_kernel_size(self) -> int:
@@ -63,10 +65,13 @@ class AugRecipe:
         for key in cfg:
             if key not in fields and key not in IGNORED_KEYS:
                 raise ConfigError(f"unknown key aug.{key}; {suggestion(str(key), fields)}")
-        missing = [f for f in fields if f not in cfg]
+        missing = [f for f in fields if f not in cfg and f != "order"]
         if missing:
             raise ConfigError(f"aug config is missing key(s): {', '.join('aug.' + m for m in missing)}")
-        cfg = {f: _read(cfg, f) for f in fields}
+        order = str(cfg.get("order", "jitter_first"))
+        if order not in ORDERS:
+            raise ConfigError(f"aug.order='{order}' is invalid; {suggestion(order, ORDERS)}")
+        cfg = {f: _read(cfg, f) for f in fields if f != "order"}
 
         image_size = _int(cfg, "image_size", 1)
         crop_scale = _pair(cfg, "crop_scale", 0.0, 1.0, open_low=True, rng="0 < lo <= hi <= 1")
@@ -98,6 +103,7 @@ class AugRecipe:
             flip_p=_prob(cfg, "flip_p"),
             mean=mean,  # type: ignore[arg-type]
             std=std,  # type: ignore[arg-type]
+            order=order,
         )
 
 

@@ -17,7 +17,8 @@ SPLITS = ("pretrain", "train", "test")
 def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None) -> Dataset:
     """The `split` of dataset `cfg["name"]`: "pretrain" (may include unlabeled images), "train" or "test".
 
-    `subset` keeps the first N images; for "pretrain" it defaults to `data.subset`.
+    `subset` keeps N images, stratified by class and seeded by `data.subset_seed`
+    (`sslkit.data.subset.stratified_indices`); for "pretrain" it defaults to `data.subset`.
     """
     name = cfg["name"]
     if split not in SPLITS:
@@ -51,5 +52,5 @@ def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None)
     if subset is not None:
         if int(subset) <= 0:
             raise ConfigError(f"data.subset must be a positive number of images, got {subset}")
-        ds = ds.subset(int(subset))  # type: ignore[attr-defined]
+        ds = ds.subset(int(subset), int(cfg.get("subset_seed") or 0))  # type: ignore[attr-defined]
     return ds

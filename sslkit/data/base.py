@@ -48,11 +48,15 @@ class TensorImageDataset(Dataset):
         idx = torch.as_tensor(indices)
         return _Batch((self._rgb(self.images[idx]).contiguous(), self.targets[idx]))
 
-    def subset(self, n: int | None) -> TensorImageDataset:
-        """The first `n` images (all when n is None)."""
+    def subset(self, n: int | None, seed: int = 0) -> TensorImageDataset:
+        """`n` images drawn per class in proportion, seeded (all when n is None): `stratified_indices`."""
         if n is None or n >= len(self):
             return self
-        return TensorImageDataset(self.images[:n], self.targets[:n], self.num_classes, self.transform, self.classes)
+        from sslkit.data.subset import stratified_indices
+
+        idx = stratified_indices(self.targets, n, seed)
+        return TensorImageDataset(self.images[idx], self.targets[idx], self.num_classes, self.transform,
+                                  self.classes)
 
     def with_transform(self, transform: Transform | None) -> TensorImageDataset:
         return TensorImageDataset(self.images, self.targets, self.num_classes, transform, self.classes)

@@ -115,15 +115,15 @@ class ImageFolderDataset(Dataset):
             return self.transform(img), label
         return resize_center_crop(img, self.image_size), label
 
-    def subset(self, n: int | None) -> ImageFolderDataset:
-        """The first `n` images (all when n is None)."""
+    def subset(self, n: int | None, seed: int = 0) -> ImageFolderDataset:
+        """`n` images drawn per class in proportion, seeded (all when n is None): `stratified_indices`."""
         if n is None or n >= len(self):
             return self
-        out = copy.copy(self)
-        out._ends = self._ends[:n]
-        out._blob = self._blob[: int(self._ends[n - 1])] if n > 0 else self._blob[:0]
-        out.targets = self.targets[:n]
-        return out
+        from sslkit.data.subset import stratified_indices
+
+        idx = stratified_indices(self.targets, n, seed)
+        return ImageFolderDataset([self.path(int(i)) for i in idx], self.targets[idx], self.classes,
+                                  self.image_size, self.transform)
 
     def with_transform(self, transform: Transform | None) -> ImageFolderDataset:
         """A copy that applies `transform` to the decoded uint8 images."""

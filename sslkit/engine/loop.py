@@ -168,6 +168,9 @@ def fit(method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, op
                     elapsed = max(time.time() - window_start, 1e-9)
                     scalars |= {"lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / elapsed}
                     logger.log({"step": state.step, "epoch": state.epoch, **scalars})
+                    stalled = method.stall_check(state.step, scalars)  # the method's own health check
+                    if stalled:
+                        logger.message(stalled)
                     logger.progress(state.step, scalars)
                     window_start, window_images = time.time(), 0
                 if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:

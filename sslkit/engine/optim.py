@@ -14,11 +14,16 @@ from sslkit.errors import ConfigError
 
 
 def scaled_lr(lr: float, batch_size: int, scaling: str) -> float:
-    """`lr` is the rate at batch 256: linear -> lr*B/256, sqrt -> lr*sqrt(B/256), none -> lr."""
+    """SimCLR's two rules (arXiv 2002.05709, appendix B.1) from one base `lr`: linear -> lr * B/256
+    (0.3 * B/256), sqrt -> lr * sqrt(B/16), i.e. 0.075 * sqrt(B) for lr 0.3; none -> lr.
+
+    The square-root rule's coefficient 0.075 = 0.3 / 4, so SimCLR's base rate gives both published
+    rules; note that at B=256 the sqrt rule's rate is 4x the linear one's, as in the paper.
+    """
     if scaling == "linear":
         return lr * batch_size / 256
     if scaling == "sqrt":
-        return lr * math.sqrt(batch_size / 256)
+        return lr * math.sqrt(batch_size / 16)
     if scaling == "none":
         return lr
     raise ConfigError(f"optim.lr_scaling='{scaling}' is invalid; valid: linear, sqrt, none")

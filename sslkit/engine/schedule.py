@@ -28,10 +28,30 @@ def lr_factor(step: int, total: int, warmup: int, kind: str, milestones: tuple[f
     raise ConfigError(f"optim.schedule='{kind}' is invalid; valid: cosine, step, constant")
 
 
-def build_scheduler(optimizer: Optimizer, cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int) -> LambdaLR:
-    """A LambdaLR stepped once per optimizer step; warm-up is given in epochs (may be fractional)."""
+def warmup_steps(cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int) -> int:
+    """Warm-up length in optimizer steps.
+
+    `optim.warmup_fraction` (a fraction of the run) wins when set, so a short run keeps the whole
+    schedule shape. Otherwise `optim.warmup_epochs` x steps per epoch, capped at
+    `optim.max_warmup_fraction` of the run: a 10-epoch warm-up (SimCLR, arXiv 2002.05709 Sec. B.1)
+    in a 1-epoch run would otherwise be all warm-up and end at the peak rate, never decaying.
+    """
+    fraction = cfg.get("warmup_fraction")
+    if fraction is not None:
+        fraction = float(fraction)
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {fraction}")
+        return int(round(fraction * total_steps))
+    cap = float(cfg.get("max_warmup_fraction", 1.0))
+    if not 0.0 <= cap <= 1.0:
+        raise ConfigError(f"optim.max_warmup_fraction must be in [0, 1], got {cap}")
     warmup = int(round(float(cfg.get("warmup_epochs", 0.0)) * steps_per_epoch))
-    warmup = min(warmup, max(0, total_steps - 1))
+    return min(warmup, int(cap * total_steps), max(0, total_steps - 1))
+
+
+def build_scheduler(optimizer: Optimizer, cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int) -> LambdaLR:
+    """A LambdaLR stepped once per optimizer step (warm-up: `warmup_steps`)."""
+    warmup = warmup_steps(cfg, total_steps, steps_per_epoch)
     kind = str(cfg.get("schedule", "cosine"))
     milestones = tuple(float(m) for m in cfg.get("milestones", (0.6, 0.8)))
     gamma, min_ratio = float(cfg.get("gamma", 0.1)), float(cfg.get("min_lr_ratio", 0.0))

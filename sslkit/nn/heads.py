@@ -15,9 +15,12 @@ from sslkit.errors import ConfigError
 
 
 def build_head(cfg: Mapping[str, Any], in_dim: int) -> nn.Sequential:
-    """`kind=linear`: fc(in, out). `kind=mlp`: (num_layers-1) x [fc(hidden) (+BN) ReLU], then fc(out).
+    """`kind=linear`: fc(in, out). `kind=mlp`: (num_layers-1) x [fc(hidden) (+BN) ReLU], then fc(out) (+BN).
 
-    Defaults follow MoCo v2 (arXiv 2003.04297 Sec. 2): hidden 2048, ReLU, out 128.
+    `hidden_dim: null` is the backbone's feature dimension, as the official MoCo v2 code (`dim_mlp =
+    fc.weight.shape[1]`: 2048 for ResNet-50, 512 for ResNet-18) and SimCLR. `batch_norm: true` is
+    SimCLR's projection head (google-research/simclr `projection_head`): every fc without bias and
+    followed by BN, the last BN without a learned shift (centre=False there: its bias stays 0 here).
     """
     kind = cfg.get("kind", "mlp")
     out_dim = int(cfg.get("out_dim", 128))
@@ -28,7 +31,11 @@ def build_head(cfg: Mapping[str, Any], in_dim: int) -> nn.Sequential:
     layers = int(cfg.get("num_layers", 2))
     if layers < 1:
         raise ConfigError(f"head.num_layers must be >= 1, got {layers}")
-    hidden, bn = int(cfg.get("hidden_dim", 2048)), bool(cfg.get("batch_norm", False))
+    hidden = cfg.get("hidden_dim")
+    hidden = in_dim if hidden is None else int(hidden)
+    if hidden < 1:
+        raise ConfigError(f"head.hidden_dim must be >= 1 (or null: the feature dimension), got {hidden}")
+    bn = bool(cfg.get("batch_norm", False))
     blocks: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers - 1):
@@ -37,5 +44,9 @@ def build_head(cfg: Mapping[str, Any], in_dim: int) -> nn.Sequential:
             blocks.append(nn.BatchNorm1d(hidden))
         blocks.append(nn.ReLU(inplace=True))
         dim = hidden
-    blocks.append(nn.Linear(dim, out_dim))
+    blocks.append(nn.Linear(dim, out_dim, bias=not bn))
+    if bn:
+        last = nn.BatchNorm1d(out_dim)
+        last.bias.requires_grad_(False)  # scale but no shift, as SimCLR's last layer
+        blocks.append(last)
     return nn.Sequential(*blocks)

@@ -25,7 +25,7 @@ BASE = dict(image_size=32, crop_ratio=(0.75, 4 / 3), gray_p=0.2, blur_sigma=(0.1
             flip_p=0.5, mean=(0.286, 0.286, 0.286), std=(0.353, 0.353, 0.353))
 RECIPES = {  # configs/aug/*.yaml
     "mocov1": AugRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, blur_p=0.0,
-                        **BASE),
+                        order="gray_first", **BASE),
     "mocov2": AugRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, blur_p=0.5,
                         **BASE),
     "simclr": AugRecipe(crop_scale=(0.08, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, blur_p=0.5,

@@ -113,8 +113,9 @@ def test_flat_folder_is_unlabeled(tmp_path):
 def test_subset_and_with_transform(tmp_path):
     make_labeled(tmp_path)
     ds = load_imagefolder(str(tmp_path), "train", SIZE)
-    sub = ds.subset(2)
-    assert len(sub) == 2 and sub.paths == ds.paths[:2] and sub.targets.tolist() == [0, 0]
+    sub = ds.subset(2)  # one cat, one dog (stratified), in dataset order
+    assert len(sub) == 2 and set(sub.paths) <= set(ds.paths) and sub.targets.tolist() == [0, 1]
+    assert [_pixel(sub[i][0]) for i in range(2)] == [_pixel(ds[ds.paths.index(p)][0]) for p in sub.paths]
     assert ds.subset(None) is ds and len(ds.subset(100)) == 5 and len(ds) == 5
     t = ds.with_transform(lambda x: x.float() / 255)
     assert t.transform is not None and ds.transform is None
@@ -190,3 +191,22 @@ def test_build_dataset(tmp_path):
     assert len(build_dataset(cfg, "train")) == 5
     test = build_dataset(cfg, "test")
     assert test.targets.tolist() == [0, 1] and test.classes == ["cat", "dog"]
+
+
+def test_subsets_of_a_class_sorted_folder_are_stratified_and_seeded(tmp_path):
+    """ImageFolder lists images class by class: the first N would be one class; a subset keeps the balance."""
+    for c in range(4):
+        for i in range(25):
+            _save(tmp_path / "train" / f"class{c}" / f"{i:02d}.png", (c * 60, i * 10, 0))
+            if i < 10:
+                _save(tmp_path / "val" / f"class{c}" / f"{i:02d}.png", (c * 60, i * 10, 0))
+    cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": SIZE, "subset": 20, "subset_seed": 0}
+    pre = build_dataset(cfg, "pretrain")
+    assert torch.bincount(pre.targets, minlength=4).tolist() == [5, 5, 5, 5]
+    assert torch.bincount(build_dataset(cfg, "test", 8).targets, minlength=4).tolist() == [2, 2, 2, 2]
+    again = build_dataset(cfg, "pretrain")
+    other = build_dataset({**cfg, "subset_seed": 1}, "pretrain")
+    assert again.paths == pre.paths and other.paths != pre.paths  # seeded: reproducible, seed-dependent
+    assert sorted(pre.paths) == pre.paths  # dataset order kept
+    full = build_dataset({**cfg, "subset": None}, "pretrain")
+    assert pre.paths != full.paths[:20]  # not the first 20 (which are all class0)

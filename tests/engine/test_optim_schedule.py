@@ -12,7 +12,9 @@ from sslkit.errors import ConfigError
 
 def test_lr_scaling():
     assert scaled_lr(0.3, 4096, "linear") == pytest.approx(4.8)
-    assert scaled_lr(0.3, 1024, "sqrt") == pytest.approx(0.6)
+    for b in (256, 1024, 4096):  # SimCLR appendix B.1: 0.3 x B/256 and 0.075 x sqrt(B) from the same base lr
+        assert scaled_lr(0.3, b, "linear") == pytest.approx(0.3 * b / 256)
+        assert scaled_lr(0.3, b, "sqrt") == pytest.approx(0.075 * math.sqrt(b))
     assert scaled_lr(0.3, 1024, "none") == 0.3
     with pytest.raises(ConfigError):
         scaled_lr(0.3, 1, "cubic")
@@ -52,3 +54,31 @@ def test_lars_step_matches_eq6_and_excludes_1d_params():
     trust = 0.001 * w.norm() / (g.norm() + 1e-8)
     torch.testing.assert_close(model.weight, w - 0.3 * trust * g)
     torch.testing.assert_close(model.bias, b - 0.3 * gb)  # bias: plain SGD, no decay
+
+
+def test_warmup_longer_than_the_run_is_capped_so_the_run_still_decays():
+    from sslkit.engine.schedule import warmup_steps
+
+    # SimCLR's 10 warm-up epochs in a 2-epoch run of 7 steps per epoch: 14 steps
+    cfg = {"warmup_epochs": 10.0, "max_warmup_fraction": 0.2}
+    assert warmup_steps(cfg, 14, 7) == 2  # was clipped to total - 1 = 13: all warm-up, ending at peak lr
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sch = build_scheduler(opt, {"schedule": "cosine", **cfg}, total_steps=14, steps_per_epoch=7)
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    assert lrs[:2] == pytest.approx([0.5, 1.0]) and max(lrs) == 1.0
+    assert lrs[-1] < 0.05  # the cosine reaches (nearly) zero by the end
+    assert warmup_steps({"warmup_epochs": 10.0, "max_warmup_fraction": 0.2}, 10000, 100) == 1000  # long runs unchanged
+
+
+def test_warmup_fraction_gives_every_run_the_same_shape():
+    from sslkit.engine.schedule import warmup_steps
+
+    for total in (36, 1171, 30000):
+        assert warmup_steps({"warmup_epochs": 10.0, "warmup_fraction": 0.05}, total, 7) == round(0.05 * total)
+    with pytest.raises(ConfigError):
+        warmup_steps({"warmup_fraction": 1.5}, 10, 1)

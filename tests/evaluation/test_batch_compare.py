@@ -15,7 +15,7 @@ from sslkit.evaluation import batch_compare as bc
 from tests.conftest import needs_fashion
 
 RUNS = "eval.runs=[{method:simclr,batch_size:16},{method:simclr,batch_size:32},{method:mocov2,batch_size:16}]"
-TINY = ["data.subset=64", "head.hidden_dim=32", "eval.chunk_size=16", "eval.max_steps=1",
+TINY = ["data.subset=64", "head.hidden_dim=32", "eval.chunk_size=16", "eval.epochs=1",
         "eval.train_subset=300", "eval.test_subset=100", "eval.k=[20]", "eval.fast_epochs=5"]
 
 
@@ -35,19 +35,75 @@ def test_runs_parse_from_the_documented_command_line_form():
             bc.parse_runs(bad)
 
 
-def test_simclr_batches_above_the_chunk_size_use_gradient_caching(tmp_path):
-    cfg = compose(["eval.chunk_size=16", "eval.epochs=3", "eval.max_steps=2"], extra=["eval=batch_compare"])
+def plan(overrides: list[str], n_images: int, tmp_path: Path):
+    cfg = compose(overrides, extra=["eval=batch_compare"])
+    specs = bc.parse_runs(cfg.eval.runs)
+    budget, notice = bc.plan_budget(cfg, specs, n_images)
+    runs = {s.label: bc.run_overrides(["trainer.threads=1"], cfg, s, tmp_path / s.dirname, budget) for s in specs}
+    return budget, notice, runs
+
+
+@pytest.mark.parametrize("n_images", [60000, 10000, 9000])
+def test_by_default_every_run_sees_the_same_images_and_batch_8192_takes_30_steps(tmp_path, n_images):
+    budget, notice, runs = plan([], n_images, tmp_path)
+    assert notice is None
+    assert budget.epochs == -(-30 * 8192 // n_images)  # the fewest whole epochs giving batch 8192 30 steps
+    for label, (_, run_cfg, _) in runs.items():
+        batch, steps = int(run_cfg.data.batch_size), int(run_cfg.trainer.max_steps)
+        assert budget.images - batch < steps * batch <= budget.images, label  # equal images, within a batch
+        # the loader delivers those steps: epochs x whole batches per epoch (drop_last)
+        assert int(run_cfg.trainer.epochs) * (n_images // batch) >= steps
+    assert int(runs["simclr@8192"][1].trainer.max_steps) >= 30
+    assert int(runs["simclr@256"][1].trainer.max_steps) >= 30 * 32 - 32  # 32x the steps, not equal steps
+
+
+def test_too_short_a_budget_is_explained_in_one_line(tmp_path):
+    budget, notice, runs = plan(["eval.epochs=1"], 60000, tmp_path)
+    assert budget.images == 60000 and int(runs["simclr@8192"][1].trainer.max_steps) == 7
+    assert notice is not None and "\n" not in notice
+    assert "only 7 optimizer step(s)" in notice and "eval.epochs=5" in notice
+
+
+def test_both_simclr_runs_use_the_same_bn_regime_with_both_views_per_chunk(tmp_path):
+    _, _, runs = plan(["eval.chunk_size=16", RUNS], 64, tmp_path)
+    small, large, moco = (runs[k][1] for k in ("simclr@16", "simclr@32", "mocov2@16"))
+    assert small.method.chunk_size == large.method.chunk_size == 16
+    assert bc.bn_regime(small).startswith("BN per 16 images x 2 views")
+    assert bc.bn_regime(large) == "BN per 16 images x 2 views (gradient caching)"
+    assert "chunk_size" not in moco.method  # MoCo's batch is not its negatives
+    assert bc.bn_regime(moco) == "split-BN, 8 groups of 2"
+
+
+def test_warmup_and_decay_scale_with_each_runs_length(tmp_path):
+    from sslkit.engine.schedule import lr_factor, warmup_steps
+
+    _, _, runs = plan([], 60000, tmp_path)
+    shapes = {}
+    for label, (_, run_cfg, _) in runs.items():
+        total = int(run_cfg.trainer.max_steps)
+        warm = warmup_steps(run_cfg.optim, total, 60000 // int(run_cfg.data.batch_size))
+        shapes[label] = warm / total
+        assert lr_factor(total - 1, total, warm, str(run_cfg.optim.schedule)) < 0.01  # decays to the end
+    assert shapes["simclr@256"] == pytest.approx(0.05, abs=1e-3)
+    assert shapes["simclr@8192"] == pytest.approx(0.05, abs=1 / 35)  # 2 of 36 steps
+    assert shapes["mocov2@256"] == 0.0  # MoCo v2 has no warm-up
+
+
+def test_moco_queue_is_capped_below_the_dataset_with_a_notice(tmp_path):
+    _, _, runs = plan([], 10000, tmp_path)
+    ovr, run_cfg, notices = runs["mocov2@256"]
+    assert int(run_cfg.method.queue_size) == 2048 < 10000 // 4
+    assert len(notices) == 1 and "method.queue_size 65536 -> 2048" in notices[0]
+    assert bc.queue_cap(60000) == 8192 and bc.queue_cap(64) == 16
+    _, _, runs = plan(["eval.runs=[{method:mocov2,batch_size:256,overrides:['method.queue_size=1024']}]"], 10000,
+                      tmp_path)
+    assert int(runs["mocov2@256"][1].method.queue_size) == 1024 and runs["mocov2@256"][2] == []
+
+
+def test_command_line_training_keys_are_passed_on():
     base = bc.passed_on(["data.subset=64", "trainer.threads=1", "out=/elsewhere", "eval.k=[5]",
-                         "data.batch_size=7", "seed=3"])
+                         "data.batch_size=7", "seed=3", "optim.warmup_fraction=0.5"])
     assert base == ["data.subset=64", "trainer.threads=1", "seed=3"]
-    plans = {(m, b): bc.run_overrides(base, cfg, bc.RunSpec(m, b), tmp_path / f"{m}{b}")
-             for m, b in (("simclr", 16), ("simclr", 64), ("mocov2", 64))}
-    assert plans["simclr", 64][1].method.chunk_size == 16
-    assert plans["simclr", 16][1].method.chunk_size is None  # fits in one chunk: plain backward
-    assert "chunk_size" not in plans["mocov2", 64][1].method  # MoCo's batch is not the negatives
-    run_cfg = plans["simclr", 64][1]
-    assert (run_cfg.data.batch_size, run_cfg.trainer.epochs, run_cfg.trainer.max_steps) == (64, 3, 2)
-    assert run_cfg.out == str(tmp_path / "simclr64") and run_cfg.seed == 3
 
 
 @needs_fashion
@@ -71,19 +127,25 @@ def train_in_process(overrides: list[str], log: Path, label: str) -> dict:
 def test_batch_compare_writes_table_json_and_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bc, "train_in_subprocess", train_in_process)
     code = sslkit_cli.main(["eval", "batch-compare", RUNS, *TINY, f"out={tmp_path}"])
-    out = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    out, err = captured.out.strip().splitlines(), captured.err
     assert code == 0
     assert out[-1].startswith("batch_compare: simclr@16 knn ") and out[-1].endswith("batch_compare.md")
     record = json.loads((tmp_path / "batch_compare.json").read_text())
     rows = record["rows"]
     assert [(r["method"], r["batch_size"], r["chunk_size"]) for r in rows] == [
-        ("simclr", 16, None), ("simclr", 32, 16), ("mocov2", 16, None)]
+        ("simclr", 16, 16), ("simclr", 32, 16), ("mocov2", 16, None)]
+    assert [r["steps"] for r in rows] == [4, 2, 4]  # one epoch of 64 images each
     for r in rows:
-        assert r["steps"] == 1 and 0.0 <= r["knn_top1"] <= 100.0 and 0.0 <= r["linear_top1"] <= 100.0
+        assert r["images_seen"] == 64 and 0.0 <= r["knn_top1"] <= 100.0 and 0.0 <= r["linear_top1"] <= 100.0
         assert r["peak_memory_mb"] == 123.0 and r["memory_kind"] == "CPU peak RSS"
         assert (Path(r["run_dir"]) / "checkpoints" / "last.pt").is_file()
+    assert rows[2]["queue_size"] == 16  # capped at a quarter of the 64 images
     table = [ln for ln in (tmp_path / "batch_compare.md").read_text().splitlines() if ln.startswith("| ")]
-    assert len(table) == 4 and "| simclr | 32 | 16 | 1 |" in table[2]
+    assert len(table) == 4
+    assert "| simclr | 32 | 64 | 2 | 0 | BN per 16 images x 2 views (gradient caching) |" in table[2]
+    assert "images seen" in table[0] and "BN regime" in table[0] and "peak memory" in table[0]
+    assert "only 2 optimizer step(s)" in err and "method.queue_size 65536 -> 16" in err
     assert (tmp_path / "batch_compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -96,4 +158,4 @@ def test_batch_compare_cli_with_real_training_subprocesses(tmp_path, cli):
     assert len(rows) == 3 and rows[1]["chunk_size"] == 16
     assert all(r["peak_memory_mb"] > 100 and r["train_seconds"] > 0 for r in rows)  # a real process' RSS
     assert (tmp_path / "batch_compare.md").is_file() and (tmp_path / "batch_compare.png").is_file()
-    assert (tmp_path / "logs" / "simclr_b32.log").read_text().count("step 1/1") == 1
+    assert [r["images_seen"] for r in rows] == [64, 64, 64]

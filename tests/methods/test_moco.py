@@ -70,3 +70,59 @@ def test_mocov1_defaults_and_validation(tiny_encoder):
     assert m.temperature == 0.07 and m.base_momentum == 0.999
     with pytest.raises(ConfigError, match="shuffle_bn"):
         MoCoV1(tiny_encoder, 16, {"kind": "linear"}, shuffle_bn="sometimes")
+
+
+def test_symmetric_loss_sums_the_two_terms_like_the_cifar_demo(tiny_encoder):
+    """MoCo CIFAR-10 demo: loss = loss_12 + loss_21; `mean` halves it (and the gradient at the same lr)."""
+    x1, x2 = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
+    terms = []
+    for a, b in ((x1, x2), (x2, x1)):
+        m = _moco(tiny_encoder, shuffle_bn="none")
+        queue = m.queue.keys.clone()
+        with torch.no_grad():
+            q = F.normalize(m.head(m.backbone(a)), dim=1)
+            k = F.normalize(m.head_k(m.backbone_k(b)), dim=1)
+        terms.append(infonce_loss(q, k, queue, 0.2))
+    summed = _moco(tiny_encoder, shuffle_bn="none", symmetric=True)([x1, x2]).loss
+    mean = _moco(tiny_encoder, shuffle_bn="none", symmetric=True, symmetric_reduction="mean")([x1, x2]).loss
+    torch.testing.assert_close(summed.detach(), terms[0] + terms[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mean.detach(), (terms[0] + terms[1]) / 2, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError):
+        _moco(tiny_encoder, symmetric=True, symmetric_reduction="max")
+
+
+def test_infonce_logits_are_fp32_under_bf16_autocast(tiny_encoder, monkeypatch):
+    import sslkit.methods.mocov1 as mocov1_module
+    from sslkit.contrastive.infonce import infonce_logits
+
+    seen = []
+
+    def spy(q, k, queue, tau):
+        out = infonce_logits(q, k, queue, tau)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(mocov1_module, "infonce_logits", spy)
+    m = _moco(tiny_encoder, shuffle_bn="none")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m([torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)])
+    assert seen == [torch.float32] and out.loss.dtype == torch.float32
+
+
+def test_stall_check_warns_once_after_300_steps_at_chance(tiny_encoder):
+    import math
+
+    m = _moco(tiny_encoder)  # K = 24
+    chance = math.log(25)
+    assert m.stall_check(10, {"loss": chance * 1.003, "acc": 0.0}) is None
+    assert m.stall_check(200, {"loss": chance, "acc": 0.0}) is None
+    assert m.stall_check(300, {"loss": chance * 0.5, "acc": 0.2}) is None  # learning: the count restarts
+    assert m.stall_check(310, {"loss": chance, "acc": 0.0}) is None
+    assert m.stall_check(600, {"loss": chance, "acc": 0.0}) is None  # 290 steps so far
+    warning = m.stall_check(610, {"loss": chance, "acc": 0.001})
+    assert warning is not None and "\n" not in warning and "since step 310" in warning
+    assert "ln(K+1)=3.219" in warning and "warmup" in warning and "temperature" in warning
+    assert m.stall_check(900, {"loss": chance, "acc": 0.0}) is None  # once only
+    sym = _moco(tiny_encoder, symmetric=True)  # the summed symmetric loss sits at 2 ln(K+1)
+    assert sym.chance_loss() == pytest.approx(2 * chance)
+    assert _moco(tiny_encoder, symmetric=True, symmetric_reduction="mean").chance_loss() == pytest.approx(chance)

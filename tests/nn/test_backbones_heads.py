@@ -47,6 +47,23 @@ def test_heads():
     assert [type(m).__name__ for m in mlp] == ["Linear", "ReLU", "Linear"]
     assert mlp[0].out_features == 2048 and mlp[2].out_features == 128
     bn3 = build_head({"kind": "mlp", "hidden_dim": 64, "out_dim": 8, "num_layers": 3, "batch_norm": True}, 16)
-    assert [type(m).__name__ for m in bn3] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    assert [type(m).__name__ for m in bn3] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear", "BatchNorm1d"]
     with pytest.raises(ConfigError):
         build_head({"kind": "transformer"}, 4)
+
+
+def test_head_defaults_follow_the_official_code():
+    """MoCo v2 (main_moco.py): hidden width = the backbone's feature dim, no BN. SimCLR: BN after every fc,
+    no bias before a BN, and the last BN without a learned shift."""
+    from sslkit.build import build_method
+    from sslkit.config import compose
+
+    moco = build_method(compose(["method=mocov2"])).head  # ResNet-18: 512-d features
+    assert [type(m).__name__ for m in moco] == ["Linear", "ReLU", "Linear"]
+    assert (moco[0].in_features, moco[0].out_features, moco[2].out_features) == (512, 512, 128)
+    simclr = build_method(compose(["method=simclr"])).head
+    assert [type(m).__name__ for m in simclr] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+    assert simclr[0].out_features == 512 and simclr[0].bias is None and simclr[3].bias is None
+    assert not simclr[4].bias.requires_grad and simclr[4].weight.requires_grad
+    assert build_head({"kind": "mlp", "hidden_dim": None}, 2048)[0].out_features == 2048  # ResNet-50
+    assert [type(m).__name__ for m in build_method(compose(["method=mocov1"])).head] == ["Linear"]
