@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from sslkit.contrastive import KeyQueue, ema_update, infonce_logits, momentum_at
 from sslkit.contrastive.distributed import world_size
-from sslkit.contrastive.momentum import frozen_copy
+from sslkit.contrastive.momentum import SCHEDULES, frozen_copy
 from sslkit.contrastive.shuffle_bn import shuffle_ddp, shuffle_local, unshuffle_ddp, unshuffle_local
 from sslkit.errors import ConfigError
 from sslkit.methods.base import ContrastiveMethod, StepOutput, fp32_loss
@@ -45,6 +45,11 @@ class MoCoV1(ContrastiveMethod):
             raise ConfigError(f"method.momentum must be in [0, 1], got {momentum}")
         if temperature <= 0:
             raise ConfigError(f"method.temperature must be > 0, got {temperature}")
+        if queue_size < 1:
+            raise ConfigError(f"method.queue_size must be >= 1, got {queue_size}")
+        if momentum_schedule not in SCHEDULES:  # else the first after_step fails, after all the set-up
+            raise ConfigError(f"method.momentum_schedule='{momentum_schedule}' is invalid; "
+                              f"valid: {', '.join(SCHEDULES)}")
         if shuffle_bn == "auto":
             shuffle_bn = "ddp" if world_size() > 1 else ("split" if split_bn_groups > 1 else "none")
         if shuffle_bn == "split":

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+SCHEDULES = ("constant", "cosine")
+
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
@@ -28,7 +30,7 @@ def momentum_at(base: float, progress: float, schedule: str = "constant") -> flo
         return base
     if schedule == "cosine":
         return 1.0 - (1.0 - base) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1.0) / 2.0
-    raise ValueError(f"unknown momentum schedule '{schedule}'; valid: constant, cosine")
+    raise ValueError(f"unknown momentum schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -37,8 +37,31 @@ def test_perfect_key_loss_in_closed_form():
     assert math.isclose(float(infonce_loss(q, q.clone(), queue, t)), expected, rel_tol=1e-9)
 
 
-def test_gradient_flows_only_into_query():
+def _reference_loss(q, k, queue, tau):
+    """Eq. 1 written out: -(q.k+/t) + log(exp(q.k+/t) + sum_j exp(q.k_j/t)), averaged over queries."""
+    pos = (q * k).sum(1) / tau
+    neg = q @ queue.t() / tau
+    return (torch.logsumexp(torch.cat([pos[:, None], neg], 1), 1) - pos).mean()
+
+
+def test_gradients_equal_the_reference_cross_entropy():
+    """Through q, k and the queue: a detached positive (or negative) logit changes a gradient."""
+    torch.manual_seed(1)
+    leaves = [_unit(5, 6), _unit(5, 6), _unit(9, 6)]
+    got = [t.clone().requires_grad_(True) for t in leaves]
+    ref = [t.clone().requires_grad_(True) for t in leaves]
+    infonce_loss(*got, 0.2).backward()
+    _reference_loss(*ref, 0.2).backward()
+    for name, g, r in zip(("q", "k", "queue"), got, ref, strict=True):
+        assert r.grad.abs().sum() > 0
+        torch.testing.assert_close(g.grad, r.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_gradient_flows_only_into_query_when_keys_are_detached():
     q = _unit(2, 4).requires_grad_(True)
-    k, queue = _unit(2, 4).requires_grad_(True), _unit(5, 4)
-    infonce_loss(q, k.detach(), queue, 0.1).backward()
-    assert q.grad is not None and k.grad is None
+    k, queue = _unit(2, 4).requires_grad_(True), _unit(5, 4).requires_grad_(True)
+    infonce_loss(q, k.detach(), queue.detach(), 0.1).backward()
+    assert q.grad is not None and k.grad is None and queue.grad is None
+    ref = q.detach().clone().requires_grad_(True)
+    _reference_loss(ref, k.detach(), queue.detach(), 0.1).backward()
+    torch.testing.assert_close(q.grad, ref.grad, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,116 @@
+"""`engine.fit` on a tiny MoCo and in-memory images, in one process and a second: two epochs reshuffle
+with DistributedSampler's (seed + epoch) order, a run interrupted in epoch 1 resumes bit-identical
+to an uninterrupted one, and a NaN loss stops training with a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslkit.data.base import TensorImageDataset
+from sslkit.data.loader import ResumableSampler, train_loader
+from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.distributed import World
+from sslkit.engine.logger import NullLogger
+from sslkit.engine.loop import LoopSettings, TrainingDiverged, fit, restore
+from sslkit.engine.schedule import build_scheduler
+from sslkit.errors import UserError, one_line
+from sslkit.methods.mocov2 import MoCoV2
+from tests.conftest import TinyEncoder
+
+IMAGES, BATCH, EPOCHS, SEED = 32, 8, 2, 5
+STEPS = EPOCHS * IMAGES // BATCH  # 4 steps per epoch
+WORLD = World(0, 0, 1, torch.device("cpu"))
+HEAD = {"kind": "mlp", "hidden_dim": 16, "out_dim": 8, "batch_norm": False}
+
+
+def dataset() -> TensorImageDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorImageDataset(torch.randint(0, 255, (IMAGES, 3, 6, 6), generator=g, dtype=torch.uint8),
+                              torch.arange(IMAGES) % 4, 4)
+
+
+def make_views(images: torch.Tensor) -> list[torch.Tensor]:
+    x = images.float() / 255
+    return [x + 0.1 * torch.randn_like(x), x.flip(-1) + 0.1 * torch.randn_like(x)]  # draws from the global RNG
+
+
+def parts():
+    torch.manual_seed(0)
+    method = MoCoV2(TinyEncoder(8), 8, HEAD, queue_size=12, momentum=0.9, split_bn_groups=2)
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    sched = build_scheduler(opt, {"schedule": "cosine", "warmup_epochs": 0.5}, STEPS, STEPS // EPOCHS)
+    return method, opt, sched
+
+
+def run(run_dir: Path, method, opt, sched, state=None, views=make_views, log_every: int = 1):
+    loader = train_loader(dataset(), BATCH, seed=SEED)
+    settings = LoopSettings(epochs=EPOCHS, total_steps=STEPS, log_every=log_every, checkpoint_every=0)
+    return fit(method, loader, views, opt, sched, WORLD, settings, run_dir, NullLogger(), state)
+
+
+@pytest.fixture
+def epochs_seen(monkeypatch) -> list[tuple[int, list[int]]]:
+    seen: list[tuple[int, list[int]]] = []
+    original = ResumableSampler.__iter__
+
+    def record(self):
+        indices = list(original(self))
+        seen.append((self.epoch, indices))
+        return iter(indices)
+
+    monkeypatch.setattr(ResumableSampler, "__iter__", record)
+    return seen
+
+
+def reference_order(epoch: int) -> list[int]:
+    """DistributedSampler with one replica: randperm seeded with seed + epoch."""
+    return torch.randperm(IMAGES, generator=torch.Generator().manual_seed(SEED + epoch)).tolist()
+
+
+def test_two_epochs_reshuffle_and_an_interrupted_run_resumes_exactly(tmp_path, epochs_seen, monkeypatch):
+    torch.manual_seed(123)
+    method, opt, sched = parts()
+    state = run(tmp_path / "straight", method, opt, sched)
+    assert (state.epoch, state.step) == (EPOCHS, STEPS)
+    assert epochs_seen == [(0, reference_order(0)), (1, reference_order(1))]  # set_epoch(epoch) each epoch
+    straight = {k: v.clone() for k, v in method.state_dict().items()}
+    epochs_seen.clear()
+
+    torch.manual_seed(123)
+    method, opt, sched = parts()
+    original = MoCoV2.after_step
+
+    def stop_at_step_6(self, progress):
+        original(self, progress)
+        if progress == pytest.approx(6 / STEPS):
+            raise KeyboardInterrupt  # epoch 1, after 2 of its 4 batches
+
+    monkeypatch.setattr(MoCoV2, "after_step", stop_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", method, opt, sched)
+    monkeypatch.setattr(MoCoV2, "after_step", original)
+    saved = ckpt.load(tmp_path / "resumed")
+    assert saved["state"] == {"epoch": 1, "step": 6, "batch_in_epoch": 2}
+
+    torch.manual_seed(999)  # the checkpoint's RNG state, not this, must drive the rest
+    method, opt, sched = parts()
+    state = run(tmp_path / "resumed", method, opt, sched, restore(saved, method, opt, sched, None))
+    assert state.step == STEPS
+    assert epochs_seen[-1] == (1, reference_order(1)[2 * BATCH:])  # the rest of epoch 1's order
+    resumed = method.state_dict()
+    assert resumed.keys() == straight.keys()
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_nan_loss_stops_training_with_a_one_line_error(tmp_path):
+    method, opt, sched = parts()
+    with pytest.raises(TrainingDiverged) as info:
+        run(tmp_path / "nan", method, opt, sched, views=lambda images: [images.float() * float("nan")] * 2)
+    assert isinstance(info.value, UserError) and info.value.exit_code == 2
+    message = one_line(info.value)
+    assert message.startswith("loss became nan at step 1;") and "optim.lr" in message, message
+    assert "\n" not in str(info.value)
