@@ -79,7 +79,9 @@ class MoCoV1(ContrastiveMethod):
             loss2, acc2 = self._contrast(self._query(x_k), k2, queue)
             loss, acc = (loss + loss2) / 2, (acc + acc2) / 2
             self._pending.append(k2)
-        return StepOutput(loss, {"loss": loss.detach(), "acc": acc})
+        # queue_fill: the share of this step's negatives that are real keys (1 after K/B steps)
+        fill = self.queue.filled.float() / self.queue.size  # a tensor: no device sync
+        return StepOutput(loss, {"loss": loss.detach(), "acc": acc, "queue_fill": fill})
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
