@@ -15,8 +15,7 @@ import time
 
 import numpy as np
 import torch
-
-from benchmarks._common import machine_info
+from _common import machine_info
 
 
 def features(n: int) -> tuple[np.ndarray, np.ndarray]:
