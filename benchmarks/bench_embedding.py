@@ -53,17 +53,14 @@ def main() -> None:
     from sslkit.evaluation.embedding import tsne_2d, umap_2d
 
     x, labels = features(args.points)
-    rows = []
-    t, xy = timed(tsne_2d, x, 30.0, 50, 0)
-    rows.append(("t-SNE (scikit-learn, PCA 50)", t, neighbour_agreement(xy, labels)))
-    t, xy = timed(umap_2d, x, 0)
-    rows.append(("UMAP, first call (incl. numba JIT)", t, neighbour_agreement(xy, labels)))
-    t, xy = timed(umap_2d, x, 0)
-    rows.append(("UMAP, second call", t, neighbour_agreement(xy, labels)))
-    base = rows[0][1]
-    print(f"\n{'method':<36} {'seconds':>8} {'vs t-SNE':>9} {'10-NN same class':>17}")
-    for name, t, agree in rows:
-        print(f"{name:<36} {t:8.1f} {t / base:8.2f}x {100 * agree:16.1f}%")
+    print(f"\n{'method':<36} {'seconds':>8} {'vs t-SNE':>9} {'10-NN same class':>17}", flush=True)
+    base = None
+    for name, fn, fargs in (("t-SNE (scikit-learn, PCA 50)", tsne_2d, (x, 30.0, 50, 0)),
+                            ("UMAP, first call (incl. numba JIT)", umap_2d, (x, 0)),
+                            ("UMAP, second call", umap_2d, (x, 0))):
+        t, xy = timed(fn, *fargs)
+        base = base or t
+        print(f"{name:<36} {t:8.1f} {t / base:8.2f}x {100 * neighbour_agreement(xy, labels):16.1f}%", flush=True)
 
 
 if __name__ == "__main__":
