@@ -1,9 +1,10 @@
-"""`sslkit eval {knn,linear,batch-compare}`: compose, evaluate, write `<out>/<name>.json`, summarise."""
+"""`sslkit eval {knn,linear,batch-compare,retrieval,embedding}`: compose, evaluate, write JSON, summarise."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sslkit.errors import ConfigError, suggestion
 from .context import EvalContext, load_context
 from .features import Features, load_features
 
-EVALUATIONS = ("knn", "linear", "batch_compare")
+EVALUATIONS = ("knn", "linear", "batch_compare", "retrieval", "embedding")
 
 
 def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
@@ -29,12 +30,24 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(int(ctx.cfg.trainer.threads))
-    result = run_knn(ctx) if name == "knn" else run_linear(ctx)
+    result = _runner(name)(ctx)
     result["seconds"] = round(time.perf_counter() - start, 3)
     path = ctx.out_dir / f"{name}.json"
     result["summary"] = summary(name, result, path)
     write_json(result, path)
     return result
+
+
+def _runner(name: str) -> Callable[[EvalContext], dict[str, Any]]:
+    if name == "retrieval":
+        from .retrieval import run_retrieval
+
+        return run_retrieval
+    if name == "embedding":
+        from .embedding import run_embedding
+
+        return run_embedding
+    return run_knn if name == "knn" else run_linear
 
 
 def write_json(record: dict[str, Any], path: Path) -> Path:
@@ -146,6 +159,8 @@ def run_linear(ctx: EvalContext) -> dict[str, Any]:
 
 def summary(name: str, r: dict[str, Any], path: Path) -> str:
     """One line: the headline accuracy, the settings that matter, sizes, time, and the JSON path."""
+    if "headline" in r:  # the picture evaluations say their own headline
+        return f"{r['headline']}, {r['seconds']:.1f}s) -> {path}"
     sizes = f"{r['train_size']} train / {r['test_size']} test"
     if name == "knn":
         what = "pixels " if r["features"] == "pixels" else ""

@@ -63,6 +63,15 @@ def faiss_search(train_feats: Tensor, test_feats: Tensor, k: int, use_gpu: bool 
     return torch.from_numpy(sims), torch.from_numpy(idx).long()
 
 
+def nearest_neighbours(train_feats: Tensor, test_feats: Tensor, k: int, use_gpu: bool | None = None
+                       ) -> tuple[Tensor, Tensor]:
+    """The search kNN votes over: features L2-normalised, then `faiss_search` for the k nearest.
+    Returns (M, k) cosine similarities, descending, and (M, k) training indices."""
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    return faiss_search(train, test, k, use_gpu)
+
+
 def vote(sims: Tensor, neighbour_labels: Tensor, k: int, temperature: float, num_classes: int) -> Tensor:
     """(M, C) class scores: sum over the first k neighbours of exp(sim / T) into their class."""
     weights = (sims[:, :k].double() / temperature).exp()
@@ -76,9 +85,7 @@ def knn_predict(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, k
     """{k: (M, C) float64 class scores} for every k in `ks`, from one FAISS search for max(ks)."""
     ks = _check(train_feats, train_labels, test_feats, ks)
     num_classes = int(num_classes if num_classes is not None else int(train_labels.max()) + 1)
-    train = F.normalize(train_feats.float(), dim=1)
-    test = F.normalize(test_feats.float(), dim=1)
-    sims, idx = faiss_search(train, test, ks[-1], use_gpu)
+    sims, idx = nearest_neighbours(train_feats, test_feats, ks[-1], use_gpu)
     neighbour_labels = train_labels.long().cpu()[idx]
     return {k: vote(sims, neighbour_labels, k, temperature, num_classes) for k in ks}
 

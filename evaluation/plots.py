@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +25,78 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    """Render `fig` with Agg (no pyplot state) to the PNG `path`."""
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     return path
 
 
+_save = save_figure
+
+
+def _series(records: Sequence[dict[str, Any]], key: str, x: str = "step") -> list[tuple[float, float]]:
+    """(x, value) pairs of `key`, one per x (the last one wins: a resumed run re-logs its steps)."""
+    found = {r[x]: r[key] for r in records if isinstance(r.get(key), int | float) and x in r}
+    return sorted(found.items())
+
+
+# (metrics.jsonl key, x axis, title, y label); a panel is drawn only when its key was logged
+PANELS = (
+    ("loss", "step", "training loss", "loss"),
+    ("lr", "step", "learning rate", "lr"),
+    ("images_per_s", "step", "throughput", "images/s"),
+    ("knn_top1", "epoch", "kNN monitor (weighted kNN)", "top-1 (%)"),
+    ("acc", "step", "contrastive accuracy (positive ranked first)", "accuracy"),
+    ("queue_fill", "step", "queue fill (real keys / K)", "fraction"),
+)
+
+
 def plot_training(run_dir: str | Path) -> Path:
-    """`<run dir>/training.png`: the loss over steps and the kNN monitor's top-1 over epochs."""
+    """`<run dir>/training.png`: every logged curve of metrics.jsonl (loss, lr, images/s, the kNN
+    monitor, MoCo's contrastive accuracy and queue fill), one panel each."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
-    losses = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
-    knn = [(r["epoch"], r["knn_top1"]) for r in records if "knn_top1" in r and "epoch" in r]
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax_loss, ax_knn = fig.subplots(1, 2)
-    if losses:
-        ax_loss.plot(*zip(*losses, strict=True), lw=1.2)
-    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
-    if knn:
-        ax_knn.plot(*zip(*knn, strict=True), marker="o")
-    else:
-        ax_knn.text(0.5, 0.5, "no kNN monitor records", ha="center", va="center", transform=ax_knn.transAxes)
-    ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor (weighted kNN)")
-    for ax in (ax_loss, ax_knn):
+    panels = [(p, _series(records, p[0], p[1])) for p in PANELS]
+    panels = [(p, xy) for p, xy in panels if xy] or [(PANELS[0], [])]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, ((key, x, title, ylabel), xy) in zip(axes, panels, strict=False):
+        if not xy:
+            ax.text(0.5, 0.5, "nothing logged yet", ha="center", va="center", transform=ax.transAxes)
+        elif key == "queue_fill":
+            full = next((s for s, v in xy if v >= 1.0), None)
+            ax.plot(*zip(*xy, strict=True), lw=1.2, color="tab:purple")
+            if full is not None:  # the first K/B steps, and a little after
+                ax.axvline(full, ls="--", lw=0.8, color="gray")
+                ax.set_xlim(0, max(full * 1.5, 1))
+                title += f"\nfull at step {full:g}"
+        else:
+            ax.plot(*zip(*xy, strict=True), lw=1.2, marker="o" if len(xy) < 30 else None, ms=3)
+        if key == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        ax.set(xlabel=x, ylabel=ylabel, title=title)
+        ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
     fig.suptitle(run_dir.name)
     return _save(fig, run_dir / "training.png")
+
+
+def training_plot_callback(run_dir: Path) -> Callable[[], None]:
+    """A checkpoint callback that refreshes `<run dir>/training.png`; a failed plot only warns."""
+
+    def refresh() -> None:
+        try:
+            plot_training(run_dir)
+        except Exception as exc:  # a picture must never stop training
+            print(f"sslkit: warning: could not plot {run_dir / 'training.png'}: {exc}", file=sys.stderr)
+
+    return refresh
 
 
 def plot_batch_compare(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:

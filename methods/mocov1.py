@@ -96,7 +96,9 @@ class MoCoV1(ContrastiveMethod):
             loss = loss + loss2 if self.symmetric_reduction == "sum" else (loss + loss2) / 2
             acc = (acc + acc2) / 2
             self._pending.append(k2)
-        return StepOutput(loss, {"loss": loss.detach(), "acc": acc})
+        # queue_fill: the share of this step's negatives that are real keys (1 after K/B steps)
+        fill = self.queue.filled.float() / self.queue.size  # a tensor: no device sync
+        return StepOutput(loss, {"loss": loss.detach(), "acc": acc, "queue_fill": fill})
 
     def chance_loss(self) -> float:
         """The loss of an encoder that cannot tell its key from the queue: ln(K+1) per query term."""

@@ -16,7 +16,7 @@ from sslkit.errors import ConfigError, UserError, one_line
 
 OVERRIDES_HELP = ("Hydra-style overrides: group=option (method=mocov2 backbone=resnet50 data=cifar10) "
                   "and key=value (data.batch_size=128 trainer.max_steps=100 out=runs/x seed=1).")
-EVALS = ("knn", "linear", "batch-compare")
+EVALS = ("knn", "linear", "batch-compare", "retrieval", "embedding")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="evaluation", metavar="EVALUATION")
     docs = {"knn": "weighted kNN (k=200, T=0.1) on frozen features with FAISS; eval.k=[10,20,200]",
             "linear": "linear probe: eval.mode=fast (cached features) or eval.mode=protocol (MoCo recipe)",
-            "batch-compare": "SimCLR at batch 256 and 8192 vs MoCo v2 at 256 (MoCo v2 Table 2 in miniature)"}
+            "batch-compare": "SimCLR at batch 256 and 8192 vs MoCo v2 at 256 (MoCo v2 Table 2 in miniature)",
+            "retrieval": "a PNG grid of test queries and their nearest training images, trained vs random encoder",
+            "embedding": "a 2-D map of test features coloured by class (eval.tensorboard=true: projector too)"}
     for name in EVALS:
         ep = esub.add_parser(name, help=docs[name], description=docs[name] + ". checkpoint=<run dir or .pt> "
                              "selects the model. " + OVERRIDES_HELP)
@@ -40,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                        "preset, then print kNN top-1 of the trained encoder, a random encoder and raw pixels. "
                        + OVERRIDES_HELP)
     d.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    r = sub.add_parser("report", help="write <run dir>/report.html: config, curves, evaluations, pictures",
+                       description="One self-contained HTML page for checkpoint=<run dir> (out=<file> to move it).")
+    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     x = sub.add_parser("export", help="write a checkpoint's backbone as a plain state_dict",
                        description="Write the backbone of checkpoint=<run dir or .pt> to out=<file> (default "
                        "<run dir>/backbone.pt) as a state_dict for torchvision/timm models.")
@@ -156,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_demo(overrides)
             return 0
+        if args.command == "report":
+            from sslkit.evaluation.report import cmd_report
+
+            return cmd_report(_key_values(overrides, {"checkpoint", "out"}))
         return cmd_export(overrides)
     except UserError as exc:
         print(f"sslkit: error: {one_line(exc)}", file=sys.stderr)

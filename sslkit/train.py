@@ -71,6 +71,12 @@ def _monitor_hooks(cfg: DictConfig, world: World) -> list[Callable[[int, nn.Modu
     return [KnnMonitor(cfg, world.device, every)]
 
 
+def _plot_callback(run_dir: Path, world: World) -> Callable[[], None]:
+    from sslkit.evaluation.plots import training_plot_callback
+
+    return training_plot_callback(run_dir) if world.is_main else lambda: None
+
+
 def train(cfg: DictConfig, resume_from: dict[str, Any] | None = None) -> Path:
     """Train `cfg.method`; return the run directory. `resume_from` is a loaded checkpoint."""
     world = init_world(str(cfg.device))
@@ -131,15 +137,12 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
     start = time.time()
     try:
         state = fit(method, loader, make_views, optimizer, scheduler, world, settings, run_dir, logger, state, scaler,
-                    {"config": to_yaml(cfg)}, _monitor_hooks(cfg, world))
+                    {"config": to_yaml(cfg)}, _monitor_hooks(cfg, world), _plot_callback(run_dir, world))
     finally:
         logger.close()
     if world.is_main:
         export_backbone(method.encoder(), run_dir / "backbone.pt")
-        if int(cfg.trainer.monitor_every_epochs or 0) > 0:
-            from sslkit.evaluation.plots import plot_training
-
-            plot_training(run_dir)
+        _plot_callback(run_dir, world)()  # training.png for every run
         print(f"trained {state.step} steps in {time.time() - start:.0f}s; run dir: {run_dir}", flush=True)
     return run_dir
 

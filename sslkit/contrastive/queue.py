@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ class KeyQueue(nn.Module):
 
     keys: Tensor
     ptr: Tensor
+    filled: Tensor
 
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
@@ -27,6 +30,19 @@ class KeyQueue(nn.Module):
         # Random unit vectors until real keys arrive, as in MoCo's reference implementation.
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        # How many entries hold real keys (the rest are the random initial vectors), capped at K.
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        if prefix + "keys" in state_dict and prefix + "filled" not in state_dict:
+            # a checkpoint from before the counter: assume a full queue
+            state_dict[prefix + "filled"] = torch.tensor(state_dict[prefix + "keys"].shape[0])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    @property
+    def fill(self) -> float:
+        """The fraction of the queue that holds real keys: it reaches 1 after K/B pushes of B keys."""
+        return int(self.filled) / self.size
 
     @property
     def size(self) -> int:
@@ -44,3 +60,4 @@ class KeyQueue(nn.Module):
         idx = (torch.arange(n, device=self.keys.device) + start) % self.size
         self.keys.index_copy_(0, idx, keys.to(self.keys.device))
         self.ptr.fill_((start + n) % self.size)
+        self.filled.fill_(min(self.size, int(self.filled) + n))

@@ -115,8 +115,10 @@ def _wrap(method: ContrastiveMethod, world: World) -> nn.Module:
 def fit(method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, optimizer: Optimizer,
         scheduler: LRScheduler, world: World, settings: LoopSettings, run_dir: Path, logger: RunLogger,
         state: TrainState | None = None, scaler: torch.amp.GradScaler | None = None,
-        checkpoint_extra: dict[str, Any] | None = None, epoch_hooks: Sequence[EpochHook] = ()) -> TrainState:
-    """Train until `settings.epochs` or `settings.total_steps`; checkpoint every N steps and each epoch."""
+        checkpoint_extra: dict[str, Any] | None = None, epoch_hooks: Sequence[EpochHook] = (),
+        on_checkpoint: Callable[[], None] | None = None) -> TrainState:
+    """Train until `settings.epochs` or `settings.total_steps`; checkpoint every N steps and each epoch
+    (rank 0 calls `on_checkpoint` after each one)."""
     state = state or TrainState()
     extra = checkpoint_extra or {}
     model = _wrap(method, world)
@@ -129,6 +131,8 @@ def fit(method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, op
     def checkpoint() -> None:
         if world.is_main:
             save_checkpoint(run_dir, method, optimizer, scheduler, scaler, state, extra)
+            if on_checkpoint is not None:
+                on_checkpoint()
 
     method.train()
     window_start, window_images = time.time(), 0

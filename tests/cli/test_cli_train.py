@@ -31,6 +31,9 @@ def test_train_writes_the_run_directory_and_export_loads_into_torchvision(tmp_pa
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all({"loss", "lr", "images_per_s"} <= r.keys() for r in records)
+    # queue of 64, batch 32: the first step sees no real keys, the second half a queue, then a full one
+    assert [r["queue_fill"] for r in records] == [0.0, 0.5, 1.0]
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every run, monitor or not
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "checkpoints" / "last.pt").is_file()
 

@@ -40,13 +40,29 @@ def test_queue_is_in_state_dict_and_restores():
     q = KeyQueue(6, 2)
     q.push(torch.ones(4, 2), gather=False)
     state = q.state_dict()
-    assert set(state) == {"keys", "ptr"}
+    assert set(state) == {"keys", "ptr", "filled"}
     r = KeyQueue(6, 2)
     r.load_state_dict(state)
-    assert int(r.ptr) == 4
+    assert int(r.ptr) == 4 and int(r.filled) == 4
     torch.testing.assert_close(r.keys, q.keys)
 
 
 def test_initial_keys_are_unit_vectors():
     q = KeyQueue(32, 8)
     torch.testing.assert_close(q.keys.norm(dim=1), torch.ones(32))
+
+
+def test_fill_counts_real_keys_up_to_the_size():
+    q = KeyQueue(10, 2)
+    fills = [q.fill]
+    for _ in range(4):  # 4 pushes of 3: 3, 6, 9, then capped at 10
+        q.push(torch.ones(3, 2), gather=False)
+        fills.append(q.fill)
+    assert fills == [0.0, 0.3, 0.6, 0.9, 1.0]
+
+
+def test_checkpoint_without_fill_counter_loads_as_full():
+    q = KeyQueue(6, 2)
+    state = {"keys": torch.zeros(6, 2), "ptr": torch.tensor(2)}
+    q.load_state_dict(state)
+    assert int(q.filled) == 6 and q.fill == 1.0

@@ -1,0 +1,179 @@
+"""`sslkit report`: one self-contained HTML page for a run: its config, training curves, every
+evaluation JSON as a table and every picture, images inlined as base64 (no network, no server)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sslkit.errors import CheckpointError, ConfigError
+
+SKIP_DIRS = {"cache", "tb", "projector", "checkpoints"}  # feature caches, TensorBoard files
+MAX_LIST = 12  # list items shown in a cell before "... (N items)"
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
+ padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+h3{font-size:1.05em;margin-bottom:.3em}
+table{border-collapse:collapse;margin:.4em 0 1em;font-size:.85em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em;max-height:30em}
+img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}figcaption{color:#555;font-size:.85em}
+.meta{color:#666;font-size:.85em}
+"""
+
+
+def run_directory(path: str) -> Path:
+    """The run directory of `checkpoint=`: a run directory, or a checkpoint file inside one."""
+    from sslkit.engine.checkpoint import run_dir_of
+
+    p = Path(path).expanduser()
+    run = p if p.is_dir() else run_dir_of(p) if p.is_file() else None
+    if run is None:
+        raise CheckpointError(f"checkpoint '{path}' does not exist; pass a run directory (runs/...)")
+    if not (run / "config.yaml").is_file() and not (run / "metrics.jsonl").is_file():
+        raise CheckpointError(f"{run} is not an sslkit run directory (no config.yaml or metrics.jsonl)")
+    return run
+
+
+def _files(run: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in run.rglob(pattern) if not SKIP_DIRS & set(p.relative_to(run).parts[:-1]))
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.6g}"
+    if value is None:
+        return "—"
+    return html.escape(str(value))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        shown = ", ".join(_cell(v) for v in value[:MAX_LIST])
+        more = f", … ({len(value)} items)" if len(value) > MAX_LIST else ""
+        return f"[{shown}{more}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{html.escape(str(k))}: {_cell(v)}" for k, v in value.items()) + "}"
+    return _scalar(value)
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested objects as (dotted key, leaf) rows; lists stay leaves."""
+    if isinstance(value, dict) and value:
+        rows: list[tuple[str, Any]] = []
+        for k, v in value.items():
+            rows += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return rows
+    return [(prefix, value)]
+
+
+def _records_table(rows: list[dict[str, Any]]) -> str:
+    """A list of objects as one table: a column per (flattened) key."""
+    flat = [dict(_flatten(r)) for r in rows]
+    cols: list[str] = []
+    for r in flat:
+        cols += [k for k in r if k not in cols]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_td(r.get(c)) for c in cols) + "</tr>" for r in flat)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _td(value: Any) -> str:
+    num = isinstance(value, int | float) and not isinstance(value, bool)
+    return f'<td class="num">{_cell(value)}</td>' if num else f"<td>{_cell(value)}</td>"
+
+
+def json_tables(value: Any) -> str:
+    """Any JSON value as HTML tables: objects as key/value rows (lists of objects as their own
+    tables below), lists of objects as one table, anything else as one cell."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return _records_table(value)
+    if not isinstance(value, dict):
+        return f"<table><tr>{_td(value)}</tr></table>"
+    rows, nested = [], []
+    for key, leaf in _flatten(value):
+        if isinstance(leaf, list) and leaf and all(isinstance(v, dict) for v in leaf):
+            nested.append(f"<h4>{html.escape(key)}</h4>{_records_table(leaf)}")
+        else:
+            rows.append(f"<tr><th>{html.escape(key)}</th>{_td(leaf)}</tr>")
+    return f"<table>{''.join(rows)}</table>" + "".join(nested)
+
+
+def build_report(run: Path) -> tuple[str, dict[str, int]]:
+    """The page's HTML and what it holds ({"evaluations": n, "pictures": n})."""
+    from .plots import plot_training
+
+    parts = [f"<h1>sslkit run: {html.escape(run.name)}</h1>",
+             f'<p class="meta">{html.escape(str(run.resolve()))} · report written '
+             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}</p>"]
+    if (run / "metrics.jsonl").is_file():
+        plot_training(run)  # fresh curves, also for runs trained before training.png existed
+    pictures = 0
+    parts.append("<h2>Training</h2>")
+    if (run / "training.png").is_file():
+        parts.append(_img(run / "training.png", "training curves (metrics.jsonl)"))
+        pictures += 1
+    else:
+        parts.append("<p>No metrics.jsonl in this run.</p>")
+    evaluations = _files(run, "*.json")
+    parts.append("<h2>Evaluations</h2>")
+    if not evaluations:
+        parts.append("<p>No evaluation results yet: run <code>sslkit eval knn checkpoint=…</code>.</p>")
+    for path in evaluations:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            parts.append(f"<h3>{html.escape(str(path.relative_to(run)))}</h3><p>unreadable: "
+                         f"{html.escape(str(exc))}</p>")
+            continue
+        parts.append(f"<h3>{html.escape(str(path.relative_to(run)))}</h3>{json_tables(data)}")
+    others = [p for p in _files(run, "*.png") if p != run / "training.png"]
+    parts.append("<h2>Pictures</h2>")
+    if not others:
+        parts.append("<p>None yet: <code>sslkit eval retrieval</code> and <code>sslkit eval embedding</code> "
+                     "draw them.</p>")
+    for path in others:
+        parts.append(_img(path, str(path.relative_to(run))))
+        pictures += 1
+    config = run / "config.yaml"
+    parts.append("<h2>Resolved config</h2>")
+    parts.append(f"<pre>{html.escape(config.read_text())}</pre>" if config.is_file() else "<p>No config.yaml.</p>")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>sslkit report: {html.escape(run.name)}</title><style>{STYLE}</style></head>"
+            f"<body>{''.join(parts)}</body></html>\n")
+    return page, {"evaluations": len(evaluations), "pictures": pictures}
+
+
+def write_report(run: Path, out: Path | None = None) -> tuple[Path, dict[str, int]]:
+    page, counts = build_report(run)
+    path = out or run / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path, counts
+
+
+def cmd_report(opts: dict[str, str]) -> int:
+    """`sslkit report checkpoint=<run dir> [out=<file>]`."""
+    if not opts.get("checkpoint"):
+        raise ConfigError("report needs checkpoint=<run dir>")
+    run = run_directory(opts["checkpoint"])
+    path, counts = write_report(run, Path(opts["out"]) if opts.get("out") else None)
+    print(f"report: {counts['evaluations']} evaluations, {counts['pictures']} pictures -> {path}", flush=True)
+    return 0
