@@ -6,6 +6,11 @@ any difference then comes from the gather, the loss's offsets or the gradient av
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
+from unittest import mock
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -36,7 +41,19 @@ def grads(method: nn.Module) -> dict[str, Tensor]:
     return {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
 
 
-VARIANTS = {"ddp": (None, True), "grad_cache": (4, True), "local_negatives": (None, False)}
+VARIANTS = {"ddp": (None, True), "grad_cache": (4, True), "grad_cache_blockwise": (4, True),
+            "local_negatives": (None, False)}
+
+
+def blockwise_ntxent(on: bool) -> contextlib.AbstractContextManager:
+    """NT-Xent block by block even at this tiny batch (blocks of 5 of the 24 views), through the gather."""
+    from sslkit.contrastive.ntxent import ntxent_loss
+    from sslkit.methods.simclr import SimCLR
+
+    if not on:
+        return contextlib.nullcontext()
+    return mock.patch.object(sys.modules[SimCLR.__module__], "ntxent_loss",
+                             functools.partial(ntxent_loss, block=5))
 
 
 def simclr_worker(rank: int, world: int, out_dir) -> None:
@@ -50,7 +67,8 @@ def simclr_worker(rank: int, world: int, out_dir) -> None:
         model = _wrap(method, World(rank, rank, world, torch.device("cpu")))  # DDP, or grad cache: by hand
         assert (model is method) == (chunk_size is not None)
         x1, x2 = (v[rank * B:(rank + 1) * B] for v in views())
-        out = model([x1, x2])  # the engine's step, as in engine.loop.fit
+        with blockwise_ntxent(name.endswith("blockwise")):
+            out = model([x1, x2])  # the engine's step, as in engine.loop.fit
         if not out.backward_done:
             method._backward(out.loss)
         if model is method:
@@ -73,7 +91,7 @@ def reference() -> tuple[Tensor, dict[str, Tensor]]:
     return out.loss.detach(), grads(method)
 
 
-@pytest.mark.parametrize("variant", ["ddp", "grad_cache"])
+@pytest.mark.parametrize("variant", ["ddp", "grad_cache", "grad_cache_blockwise"])
 def test_two_ranks_equal_one_process_with_the_global_batch(ranks, reference, variant: str) -> None:
     loss, ref_grads = reference
     r0, r1 = (r[variant] for r in ranks)
