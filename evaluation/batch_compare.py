@@ -264,6 +264,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig) -> dict[str, float]:
                      FastSettings(int(e.fast_epochs), float(e.fast_lr), int(e.fast_batch_size), 0.0,
                                   int(cfg.seed)), device)
     return {"knn_top1": knn[k]["top1"], "knn_top5": knn[k]["top5"], "knn_k": k,
+            "knn_by_k": {str(kk): v["top1"] for kk, v in knn.items()},
             "linear_top1": lin["top1"], "linear_top5": lin["top5"],
             "train_size": len(tr), "test_size": len(te)}
 

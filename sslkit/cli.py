@@ -1,4 +1,4 @@
-"""The `sslkit` command: train, eval {knn,linear,batch-compare}, methods, export.
+"""The `sslkit` command: train, eval {knn,linear,batch-compare}, study {table1,table2}, methods, export.
 
 User errors become one line on stderr and exit code 2; an interrupt exits with 130.
 """
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         ep = esub.add_parser(name, help=docs[name], description=docs[name] + ". checkpoint=<run dir or .pt> "
                              "selects the model. " + OVERRIDES_HELP)
         ep.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    st = sub.add_parser("study", help="the MoCo v2 paper's Table 1 or Table 2 in miniature, several seeds",
+                        description="Train every row of MoCo v2's Table 1 (table1) or Table 2 (table2, the fair "
+                        "batch-compare) with the same image budget and eval.seeds, score each by kNN and the "
+                        "linear probe, and write study.md/json/png. " + OVERRIDES_HELP)
+    st.add_argument("table", choices=("table1", "table2"))
+    st.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     sub.add_parser("methods", help="list the registered methods", description="List the registered methods.")
     d = sub.add_parser("demo", help="pretrain MoCo v2 on Fashion-MNIST for a few minutes and compare kNN accuracy",
                        description="Pretrain MoCo v2 (ResNet-18) on Fashion-MNIST with the experiment=fmnist_demo "
@@ -154,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(overrides)
         if args.command == "eval":
             return cmd_eval(args.evaluation, overrides)
+        if args.command == "study":
+            from sslkit.evaluation.study import run_study
+
+            print(run_study(args.table, overrides)["summary"], flush=True)
+            return 0
         if args.command == "methods":
             return cmd_methods()
         if args.command == "demo":

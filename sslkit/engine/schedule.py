@@ -28,6 +28,13 @@ def lr_factor(step: int, total: int, warmup: int, kind: str, milestones: tuple[f
     raise ConfigError(f"optim.schedule='{kind}' is invalid; valid: cosine, step, constant")
 
 
+def _number(value: object, key: str) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"optim.{key} must be a number, got {value!r}") from None
+
+
 def warmup_steps(cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int) -> int:
     """Warm-up length in optimizer steps.
 
@@ -38,11 +45,11 @@ def warmup_steps(cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int)
     """
     fraction = cfg.get("warmup_fraction")
     if fraction is not None:
-        fraction = float(fraction)
+        fraction = _number(fraction, "warmup_fraction")
         if not 0.0 <= fraction < 1.0:
             raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {fraction}")
         return int(round(fraction * total_steps))
-    cap = float(cfg.get("max_warmup_fraction", 1.0))
+    cap = _number(cfg.get("max_warmup_fraction", 1.0), "max_warmup_fraction")
     if not 0.0 <= cap <= 1.0:
         raise ConfigError(f"optim.max_warmup_fraction must be in [0, 1], got {cap}")
     warmup = int(round(float(cfg.get("warmup_epochs", 0.0)) * steps_per_epoch))

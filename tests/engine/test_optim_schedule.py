@@ -80,5 +80,6 @@ def test_warmup_fraction_gives_every_run_the_same_shape():
 
     for total in (36, 1171, 30000):
         assert warmup_steps({"warmup_epochs": 10.0, "warmup_fraction": 0.05}, total, 7) == round(0.05 * total)
-    with pytest.raises(ConfigError):
-        warmup_steps({"warmup_fraction": 1.5}, 10, 1)
+    for bad in ({"warmup_fraction": 1.5}, {"warmup_fraction": "half"}, {"max_warmup_fraction": "x"}):
+        with pytest.raises(ConfigError):
+            warmup_steps(bad, 10, 1)

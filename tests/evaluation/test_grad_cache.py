@@ -40,7 +40,7 @@ def loss_fn(z: torch.Tensor) -> torch.Tensor:
 
 
 def grads(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
