@@ -25,10 +25,12 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
 
         return run_batch_compare(list(overrides))
     ctx = load_context(name, list(overrides))
-    if ctx.cfg.trainer.get("threads"):
-        import torch
+    from sslkit.data import decodes_images
+    from sslkit.engine.hardware import apply_cpu_split
 
-        torch.set_num_threads(int(ctx.cfg.trainer.threads))
+    split = apply_cpu_split(ctx.device, decodes_images(str(ctx.data["name"])), ctx.cfg.trainer.get("threads"),
+                            ctx.data.get("num_workers"))
+    ctx.data["num_workers"] = split.workers  # feature extraction and the linear probe's loader
     result = run_knn(ctx) if name == "knn" else run_linear(ctx)
     result["seconds"] = round(time.perf_counter() - start, 3)
     path = ctx.out_dir / f"{name}.json"
