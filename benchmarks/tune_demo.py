@@ -104,7 +104,8 @@ def main() -> None:
     if not args.skip_baselines:
         print(json.dumps({"config": "random_init", "knn": evaluate(rand, cfg0, args.device, data)}), flush=True)
     def flat(x):
-        return F.normalize(F.interpolate(x.float(), size=int(cfg0.data.image_size), mode="bilinear", antialias=True).flatten(1), dim=1)
+        size = int(cfg0.data.image_size)
+        return F.normalize(F.interpolate(x.float(), size=size, mode="bilinear", antialias=True).flatten(1), dim=1)
 
     pix = {} if args.skip_baselines else {k: knn(flat(data[0][0][:, :1]).to(args.device), data[0][1].to(args.device),
                   flat(data[1][0][:, :1]).to(args.device), data[1][1].to(args.device), k) for k in (20, 200)}
@@ -115,8 +116,9 @@ def main() -> None:
             continue
         steps = args.steps // 2 if "HALF" in ov else args.steps * 2 if "DOUBLE" in ov else args.steps
         ov = [o for o in ov if o not in ("HALF", "DOUBLE")]
-        cfg = compose(BASE + ov + args.extra + [f"trainer.max_steps={steps}", f"device={args.device}",
-                                                f"out=/tmp/tune/{name}_{steps}_{len(args.extra)}", "trainer.epochs=1000"])
+        out = f"out=/tmp/tune/{name}_{steps}_{len(args.extra)}"
+        cfg = compose(BASE + ov + args.extra + [f"trainer.max_steps={steps}", f"device={args.device}", out,
+                                                "trainer.epochs=1000"])
         start = time.time()
         run = train(cfg)
         seconds = time.time() - start

@@ -164,8 +164,8 @@ class CpuSplit:
 def cpu_split(cores: int, wants_workers: bool, threads: int | None = None, workers: int | None = None) -> CpuSplit:
     """Share `cores` between torch threads and DataLoader workers so that threads + workers <= cores.
 
-    Explicit `threads` (trainer.threads, else OMP_NUM_THREADS) and `workers` (data.num_workers) win. Otherwise a loader that
-    decodes images (`wants_workers`) gets half the cores as workers, at least 1 when there are two or
+    Explicit `threads` (trainer.threads, else OMP_NUM_THREADS) and `workers` (data.num_workers) win.
+    Otherwise a loader that decodes images (`wants_workers`) gets half the cores as workers, at least 1 when there are two or
     more cores, and the main process keeps the rest for the model; with one core the main process
     does everything (workers would only take turns with it). In-memory data needs no workers.
     """
@@ -185,14 +185,16 @@ def apply_cpu_split(device: torch.device, wants_workers: bool, threads: object =
 
     On CUDA the model runs on the GPU: only `threads`/`workers` given explicitly change anything, and
     workers default to what was asked (`workers`) or half the cores."""
-    explicit_threads = int(threads) if threads not in (None, "", 0) else env_threads()  # type: ignore[call-overload]
+    explicit_threads = (int(threads) if threads not in (None, "", 0)  # type: ignore[call-overload]
+                        else env_threads())
     explicit_workers = int(workers) if workers is not None else None  # type: ignore[call-overload]
     cores = cores or usable_cores()
     if device.type == "cpu":
         split = cpu_split(cores, wants_workers, explicit_threads, explicit_workers)
     else:
+        default_workers = max(1, cores // 2) if wants_workers else 0
         split = CpuSplit(explicit_threads or torch.get_num_threads(),
-                         explicit_workers if explicit_workers is not None else (max(1, cores // 2) if wants_workers else 0))
+                         explicit_workers if explicit_workers is not None else default_workers)
     if split.threads != torch.get_num_threads():
         try:
             torch.set_num_threads(split.threads)
