@@ -165,9 +165,9 @@ def cpu_split(cores: int, wants_workers: bool, threads: int | None = None, worke
     """Share `cores` between torch threads and DataLoader workers so that threads + workers <= cores.
 
     Explicit `threads` (trainer.threads, else OMP_NUM_THREADS) and `workers` (data.num_workers) win.
-    Otherwise a loader that decodes images (`wants_workers`) gets half the cores as workers, at least 1 when there are two or
-    more cores, and the main process keeps the rest for the model; with one core the main process
-    does everything (workers would only take turns with it). In-memory data needs no workers.
+    Otherwise a loader that decodes images (`wants_workers`) gets half the cores as workers, at least
+    1 when there are two or more cores, and the main process keeps the rest for the model; with one
+    core the main process does everything (workers would only take turns with it). In-memory data needs no workers.
     """
     cores = max(1, int(cores))
     if workers is None:
