@@ -151,8 +151,9 @@ def summary(name: str, r: dict[str, Any], path: Path) -> str:
     sizes = f"{r['train_size']} train / {r['test_size']} test"
     if name == "knn":
         what = "pixels " if r["features"] == "pixels" else ""
-        return (f"knn {what}top1={r['top1']:.2f}% top5={r['top5']:.1f}% (k={r['k']}, T={r['temperature']:g}, "
-                f"{sizes}, {r['seconds']:.1f}s) -> {path}")
+        every = ", ".join(f"k={k} {r['results'][str(k)]['top1']:.2f}%" for k in r["ks"])
+        return (f"knn {what}top1={r['top1']:.2f}% top5={r['top5']:.1f}% (k={r['k']}, T={r['temperature']:g}; "
+                f"top1 at every k: {every}; {sizes}, {r['seconds']:.1f}s) -> {path}")
     s = r["settings"]
     detail = f"{s['epochs']} epochs, lr={s['lr']:g}"
     return (f"linear {r['mode']} top1={r['top1']:.2f}% top5={r['top5']:.1f}% ({detail}, {sizes}, "
