@@ -49,6 +49,21 @@ def make_step(overrides: list[str], channels_last: bool):
     return step
 
 
+def reference_step():
+    """ResNet-18 (ImageNet stem) forward+backward of 256 images at 32 px, NCHW fp32: the issue-8
+    measurement (183 img/s on a quiet 2-core AVX2 EPYC), to turn ratios into quiet-machine seconds."""
+    from sslkit.nn.backbones import build_backbone
+
+    torch.manual_seed(0)
+    model, _ = build_backbone({"name": "resnet18"})
+    x = torch.randn(256, 3, 32, 32)
+
+    def step() -> None:
+        model(x).sum().backward()
+
+    return step
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
@@ -60,6 +75,7 @@ def main() -> None:
     cases = {f"{name} {'NHWC' if cl else 'NCHW'}": make_step(ov, cl)
              for name, ov in (("old preset (R18 ImageNet stem, 32 px)", OLD), ("new preset", NEW))
              for cl in (False, True)}
+    cases["reference: R18 fwd+bwd 256 x 32 px NCHW"] = reference_step()
     times: dict[str, list[float]] = {k: [] for k in cases}
     for r in range(args.repeats + 1):  # the first round warms up and is dropped
         for name, step in cases.items():
@@ -71,6 +87,10 @@ def main() -> None:
     for name, ts in times.items():
         print(f"{name:<48} best {min(ts):7.3f} s/step  median {sorted(ts)[len(ts) // 2]:7.3f}  "
               f"speed vs old NCHW {base / min(ts):5.2f}x", flush=True)
+    ref = min(times["reference: R18 fwd+bwd 256 x 32 px NCHW"])
+    for name, ts in times.items():
+        print(f"{name:<48} = {min(ts) / ref:5.2f} reference steps; on a quiet 2-core AVX2 box (reference "
+              f"{256 / 183:.2f} s) about {min(ts) / ref * 256 / 183:.2f} s/step", flush=True)
 
 
 if __name__ == "__main__":
