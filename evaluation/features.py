@@ -88,7 +88,8 @@ def backbone_features(backbone: nn.Module, dataset: Dataset, data: Mapping[str, 
 
 
 @torch.no_grad()
-def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048) -> Tensor:
+def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048, desc: str = "pixels",
+                   progress: str = "auto") -> Tensor:
     """The raw-pixel baseline: uint8 images resized to `image_size` (antialiased), scaled to [0, 1]
     and flattened. Grayscale datasets keep one channel (copies would not change cosine similarity)."""
     out: list[Tensor] = []
@@ -99,12 +100,16 @@ def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048) ->
         from sslkit.data.loader import eval_loader
 
         batches = (x for x, _ in eval_loader(dataset, batch_size))
-    for x in batches:
-        x = x.float().div_(255.0)
-        if x.shape[-2:] != (image_size, image_size):
-            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                              antialias=True)
-        out.append(x.flatten(1))
+    from sslkit.engine.progress import Progress
+
+    with Progress(len(dataset), desc, "img", progress) as bar:  # type: ignore[arg-type]
+        for x in batches:
+            x = x.float().div_(255.0)
+            if x.shape[-2:] != (image_size, image_size):
+                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            out.append(x.flatten(1))
+            bar.update(x.shape[0])
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -149,7 +154,7 @@ def load_features(kind: str, split: str, subset: int | None, data: Mapping[str, 
     dataset = build_dataset(data, split, subset)
     labels, num_classes = labels_and_classes(dataset)
     if kind == "pixels":
-        feats = pixel_features(dataset, int(data["image_size"]))
+        feats = pixel_features(dataset, int(data["image_size"]), desc=f"pixels {split}")
     else:
         if backbone is None:
             raise ValueError("backbone features need a backbone")
