@@ -222,6 +222,9 @@ class Machine:
                 f"{self.threads} torch threads + {self.workers} loader workers")
 
 
+PROBE_MIN_STEPS = 50  # runs shorter than this keep NCHW on a CPU without timing a probe
+
+
 def _probe_batch(image_size: int) -> int:
     """32 images at 32 px, fewer for larger images (the probe stays around a second)."""
     return max(2, min(32, int(32 * (32 / max(1, image_size)) ** 2)))
@@ -240,7 +243,10 @@ def fit_to_machine(cfg: object, device: torch.device, encoder: nn.Module, wants_
     asked_precision, asked_layout = str(trainer.precision), trainer.channels_last
     precision = resolve_precision(asked_precision, device)
     size = int(data.image_size)
-    probe = probe or (lambda: probe_channels_last(encoder, size, _probe_batch(size)))
+    max_steps = trainer.get("max_steps")
+    short = bool(max_steps) and int(max_steps) < PROBE_MIN_STEPS and trainer.get("time_budget") is None
+    if probe is None:  # a probe costs about one step; for a few steps NCHW is kept untimed
+        probe = (lambda: False) if short else (lambda: probe_channels_last(encoder, size, _probe_batch(size)))
     channels_last = resolve_channels_last(asked_layout, device, probe)
     how = []
     if asked_precision == "auto":
@@ -250,7 +256,8 @@ def fit_to_machine(cfg: object, device: torch.device, encoder: nn.Module, wants_
     if precision == "32" and enable_tf32(device):
         how.append("TF32 matmuls")
     if str(asked_layout) == "auto":
-        how.append("auto layout: " + ("CUDA" if device.type == "cuda" else "timed probe"))
+        how.append("auto layout: " + ("CUDA" if device.type == "cuda" else
+                                      "run too short to probe" if short else "timed probe"))
     OmegaConf.update(cfg, "trainer.precision", precision)  # type: ignore[arg-type]
     OmegaConf.update(cfg, "trainer.channels_last", channels_last)  # type: ignore[arg-type]
     return Machine(precision, channels_last, split.threads, split.workers, "; ".join(how),

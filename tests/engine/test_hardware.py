@@ -109,3 +109,16 @@ def test_fit_to_machine_writes_the_resolved_values_into_the_config(monkeypatch):
     assert (machine.precision, machine.channels_last) == ("32", True)
     assert cfg.trainer.precision == "32" and cfg.trainer.channels_last is True
     assert machine.warning is None and "precision 32" in machine.describe()
+
+
+def test_short_cpu_runs_skip_the_layout_probe(monkeypatch):
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(hw, "probe_channels_last", no_probe)
+    before = torch.get_num_threads()
+    try:
+        machine = hw.fit_to_machine(compose(["trainer.max_steps=3"]), CPU, TinyEncoder(), wants_workers=False)
+    finally:
+        torch.set_num_threads(before)
+    assert machine.channels_last is False and "too short" in machine.how
