@@ -26,3 +26,37 @@ def test_demo_preset_fits_the_machine():
     assert cfg.trainer.precision == "auto" and cfg.trainer.channels_last == "auto"  # no hard-coded bf16
     assert cfg.trainer.time_budget and float(cfg.trainer.time_budget) <= 10
     assert cfg.backbone.small_images is True and cfg.data.image_size == 28
+
+
+def test_run_demo_end_to_end_on_a_slice(tmp_path, monkeypatch, capsys):
+    """The demo's plumbing (train -> three encoders -> table and verdict) on 300/100 images."""
+    import json
+
+    import torch
+
+    import sslkit.demo as demo
+    from sslkit.config import as_dict
+    from sslkit.data import build_dataset
+    from sslkit.nn.backbones import build_backbone
+    from tests.conftest import FASHION
+
+    if not FASHION.exists():
+        import pytest
+
+        pytest.skip("Fashion-MNIST not installed")
+
+    def fake_train(cfg):
+        run = tmp_path / "run"
+        run.mkdir()
+        torch.save(build_backbone(as_dict(cfg.backbone))[0].state_dict(), run / "backbone.pt")
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 7, "loss": 1.0}) + "\n")
+        return run
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    monkeypatch.setattr(demo, "build_dataset", lambda cfg, split: build_dataset(cfg, split, 300 if split == "train"
+                                                                                 else 100))
+    result = demo.run_demo([f"out={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    assert "| MoCo v2 (trained) |" in out and "| raw pixels |" in out and "7 steps of batch 256" in out
+    assert set(result["margins"]) == {200, 20} and result["verdict"] in out
+    assert (tmp_path / "run" / "eval" / "demo.md").is_file()
