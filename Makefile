@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sslkit-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-export OMP_NUM_THREADS ?= 2
+# No OMP_NUM_THREADS here: sslkit splits the usable cores itself (sslkit/engine/hardware.py); set it to override.
 
 .PHONY: setup data demo test test-slow test-all lint bench clean
 

@@ -50,6 +50,14 @@ CONFIGS: dict[str, list[str]] = {  # in order of priority: a time limit cuts the
     "r2_sym": ["aug.crop_scale=[0.4,1.0]", "method.temperature=0.3", "method.symmetric=true", "HALF"],
     "r2_headbn_lr0.12_warm": ["aug.crop_scale=[0.4,1.0]", "method.temperature=0.3", "head.batch_norm=true",
                               "optim.lr=0.12", "optim.warmup_epochs=0.5"],
+    # third round (CPU): a narrow ResNet-18 with the CIFAR stem at the native 28 px (pass its settings
+    # with --extra backbone.small_images=true backbone.width=16 data.image_size=28)
+    "r3_demo": ["aug.crop_scale=[0.4,1.0]", "method.temperature=0.3", "optim.lr=0.06", "optim.warmup_epochs=0.5"],
+    "r3_K1024": ["aug.crop_scale=[0.4,1.0]", "method.temperature=0.3", "optim.lr=0.06", "optim.warmup_epochs=0.5",
+                 "method.queue_size=1024"],
+    "r3_b128": ["aug.crop_scale=[0.4,1.0]", "method.temperature=0.3", "optim.lr=0.06", "optim.warmup_epochs=0.5",
+                "data.batch_size=128", "DOUBLE"],
+    "r3_lr0.12": ["aug.crop_scale=[0.4,1.0]", "method.temperature=0.3", "optim.lr=0.12", "optim.warmup_epochs=0.5"],
 }
 
 
@@ -88,15 +96,16 @@ def main() -> None:
     p.add_argument("--extra", nargs="*", default=[])
     p.add_argument("--skip-baselines", action="store_true")
     args = p.parse_args()
-    cfg0 = compose(BASE)
+    cfg0 = compose(BASE + args.extra)
     tr, te = build_dataset(cfg0.data, "train"), build_dataset(cfg0.data, "test")
     data = ((tr.images.expand(-1, 3, -1, -1), tr.targets), (te.images.expand(-1, 3, -1, -1), te.targets))
     torch.manual_seed(0)
-    rand, _ = build_backbone({"name": "resnet18"})
+    rand, _ = build_backbone(dict(cfg0.backbone))
     if not args.skip_baselines:
         print(json.dumps({"config": "random_init", "knn": evaluate(rand, cfg0, args.device, data)}), flush=True)
     def flat(x):
-        return F.normalize(F.interpolate(x.float(), size=32, mode="bilinear", antialias=True).flatten(1), dim=1)
+        size = int(cfg0.data.image_size)
+        return F.normalize(F.interpolate(x.float(), size=size, mode="bilinear", antialias=True).flatten(1), dim=1)
 
     pix = {} if args.skip_baselines else {k: knn(flat(data[0][0][:, :1]).to(args.device), data[0][1].to(args.device),
                   flat(data[1][0][:, :1]).to(args.device), data[1][1].to(args.device), k) for k in (20, 200)}
@@ -107,8 +116,9 @@ def main() -> None:
             continue
         steps = args.steps // 2 if "HALF" in ov else args.steps * 2 if "DOUBLE" in ov else args.steps
         ov = [o for o in ov if o not in ("HALF", "DOUBLE")]
-        cfg = compose(BASE + ov + args.extra + [f"trainer.max_steps={steps}", f"device={args.device}",
-                                                f"out=/tmp/tune/{name}", "trainer.epochs=1000"])
+        out = f"out=/tmp/tune/{name}_{steps}_{len(args.extra)}"
+        cfg = compose(BASE + ov + args.extra + [f"trainer.max_steps={steps}", f"device={args.device}", out,
+                                                "trainer.epochs=1000"])
         start = time.time()
         run = train(cfg)
         seconds = time.time() - start

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -217,6 +218,27 @@ def _child_error(log: Path, label: str, code: int) -> UserError:
     return UserError(f"batch_compare run {label} failed with exit code {code}; see {log}")
 
 
+def _relay(cmd: list[str], log: TextIO, label: str) -> int:
+    """Run `cmd`, copy its output into `log`, and show its training progress ("step N/T" lines)."""
+    from sslkit.engine.progress import Progress
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                            text=True, bufsize=1)
+    bar: Progress | None = None
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            step = re.match(r"step (\d+)/(\d+)", line)
+            if step:
+                bar = bar or Progress(int(step[2]), f"batch_compare {label}", "step")
+                bar.set(int(step[1]))
+    finally:
+        if bar is not None:
+            bar.close()
+    return proc.wait()
+
+
 def train_in_subprocess(overrides: list[str], log: Path, label: str) -> dict[str, Any]:
     """Train in a fresh process; wall time, peak RSS and (on CUDA) peak allocated memory."""
     report = log.with_suffix(".peak.json")
@@ -224,7 +246,7 @@ def train_in_subprocess(overrides: list[str], log: Path, label: str) -> dict[str
     cmd = [sys.executable, "-m", "sslkit.evaluation.child", str(report), "train", *overrides]
     start = time.perf_counter()
     with log.open("w") as out:
-        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        code = _relay(cmd, out, label)
     seconds = time.perf_counter() - start
     if code != 0:
         raise _child_error(log, label, code)

@@ -26,10 +26,12 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
 
         return run_batch_compare(list(overrides))
     ctx = load_context(name, list(overrides))
-    if ctx.cfg.trainer.get("threads"):
-        import torch
+    from sslkit.data import decodes_images
+    from sslkit.engine.hardware import apply_cpu_split
 
-        torch.set_num_threads(int(ctx.cfg.trainer.threads))
+    split = apply_cpu_split(ctx.device, decodes_images(str(ctx.data["name"])), ctx.cfg.trainer.get("threads"),
+                            ctx.data.get("num_workers"))
+    ctx.data["num_workers"] = split.workers  # feature extraction and the linear probe's loader
     result = _runner(name)(ctx)
     result["seconds"] = round(time.perf_counter() - start, 3)
     path = ctx.out_dir / f"{name}.json"
@@ -164,8 +166,9 @@ def summary(name: str, r: dict[str, Any], path: Path) -> str:
     sizes = f"{r['train_size']} train / {r['test_size']} test"
     if name == "knn":
         what = "pixels " if r["features"] == "pixels" else ""
-        return (f"knn {what}top1={r['top1']:.2f}% top5={r['top5']:.1f}% (k={r['k']}, T={r['temperature']:g}, "
-                f"{sizes}, {r['seconds']:.1f}s) -> {path}")
+        every = ", ".join(f"k={k} {r['results'][str(k)]['top1']:.2f}%" for k in r["ks"])
+        return (f"knn {what}top1={r['top1']:.2f}% top5={r['top5']:.1f}% (k={r['k']}, T={r['temperature']:g}; "
+                f"top1 at every k: {every}; {sizes}, {r['seconds']:.1f}s) -> {path}")
     s = r["settings"]
     detail = f"{s['epochs']} epochs, lr={s['lr']:g}"
     return (f"linear {r['mode']} top1={r['top1']:.2f}% top5={r['top5']:.1f}% ({detail}, {sizes}, "

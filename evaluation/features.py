@@ -54,20 +54,25 @@ def labels_and_classes(dataset: Dataset) -> tuple[Tensor, int]:
 
 @torch.no_grad()
 def backbone_features(backbone: nn.Module, dataset: Dataset, data: Mapping[str, Any], device: torch.device,
-                      batch_size: int = 512) -> Tensor:
-    """Pooled features of every image, in dataset order; the backbone's train/eval mode is restored."""
+                      batch_size: int = 512, desc: str = "features", progress: str = "auto") -> Tensor:
+    """Pooled features of every image, in dataset order; the backbone's train/eval mode is restored.
+
+    Progress (images done, rate, ETA) goes to stderr as `desc` (see sslkit.engine.progress)."""
     from sslkit.augment import batch_eval_preprocess, eval_transform
+    from sslkit.engine.progress import Progress
 
     size, mean, std = int(data["image_size"]), list(data["mean"]), list(data["std"])
     was_training = backbone.training
     backbone.eval()
     out: list[Tensor] = []
+    bar = Progress(len(dataset), desc, "img", progress)  # type: ignore[arg-type]
     try:
         if getattr(dataset, "in_memory", False):
             images: Tensor = dataset.images  # type: ignore[attr-defined]
             for start in range(0, images.shape[0], batch_size):
                 x = batch_eval_preprocess(images[start:start + batch_size].to(device), size, mean, std)
                 out.append(backbone(x).float().cpu())
+                bar.update(x.shape[0])
         else:
             from sslkit.data.loader import eval_loader
 
@@ -75,13 +80,16 @@ def backbone_features(backbone: nn.Module, dataset: Dataset, data: Mapping[str, 
                                  batch_size, int(data.get("num_workers") or 0))
             for x, _ in loader:
                 out.append(backbone(x.to(device)).float().cpu())
+                bar.update(x.shape[0])
     finally:
+        bar.close()
         backbone.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
 @torch.no_grad()
-def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048) -> Tensor:
+def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048, desc: str = "pixels",
+                   progress: str = "auto") -> Tensor:
     """The raw-pixel baseline: uint8 images resized to `image_size` (antialiased), scaled to [0, 1]
     and flattened. Grayscale datasets keep one channel (copies would not change cosine similarity)."""
     out: list[Tensor] = []
@@ -92,12 +100,16 @@ def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048) ->
         from sslkit.data.loader import eval_loader
 
         batches = (x for x, _ in eval_loader(dataset, batch_size))
-    for x in batches:
-        x = x.float().div_(255.0)
-        if x.shape[-2:] != (image_size, image_size):
-            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                              antialias=True)
-        out.append(x.flatten(1))
+    from sslkit.engine.progress import Progress
+
+    with Progress(len(dataset), desc, "img", progress) as bar:  # type: ignore[arg-type]
+        for x in batches:
+            x = x.float().div_(255.0)
+            if x.shape[-2:] != (image_size, image_size):
+                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            out.append(x.flatten(1))
+            bar.update(x.shape[0])
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -142,12 +154,13 @@ def load_features(kind: str, split: str, subset: int | None, data: Mapping[str, 
     dataset = build_dataset(data, split, subset)
     labels, num_classes = labels_and_classes(dataset)
     if kind == "pixels":
-        feats = pixel_features(dataset, int(data["image_size"]))
+        feats = pixel_features(dataset, int(data["image_size"]), desc=f"pixels {split}")
     else:
         if backbone is None:
             raise ValueError("backbone features need a backbone")
         backbone.to(device or torch.device("cpu"))
-        feats = backbone_features(backbone, dataset, data, device or torch.device("cpu"), batch_size)
+        feats = backbone_features(backbone, dataset, data, device or torch.device("cpu"), batch_size,
+                                  desc=f"features {split}")
     if path is not None:
         save_atomic({"feats": feats, "labels": labels, "num_classes": num_classes}, path)
     return Features(feats, labels, num_classes, time.perf_counter() - start, cached=False, path=path)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from sslkit.engine.progress import Progress
 from sslkit.errors import ConfigError
 
 from .knn import topk_accuracy
@@ -77,13 +78,15 @@ def train_fast(x: Tensor, y: Tensor, num_classes: int, settings: FastSettings,
     opt = torch.optim.SGD(fc.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
                           weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.epochs * len(starts))
-    for _ in range(settings.epochs):
-        for s in starts[torch.randperm(len(starts), generator=gen)].tolist():
-            loss = F.cross_entropy(fc(x[s:s + batch]), y[s:s + batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    with Progress(settings.epochs, "linear probe", "epoch") as bar:
+        for _ in range(settings.epochs):
+            for s in starts[torch.randperm(len(starts), generator=gen)].tolist():
+                loss = F.cross_entropy(fc(x[s:s + batch]), y[s:s + batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            bar.update(1, f"loss={float(loss.detach()):.4g}")
     return fc
 
 
@@ -178,8 +181,9 @@ def train_protocol(backbone: nn.Module, dataset: Dataset, data: Mapping[str, Any
     opt: torch.optim.Optimizer | None = None
     sched: torch.optim.lr_scheduler.LRScheduler | None = None
     last_loss = float("nan")
+    bar = Progress(settings.epochs * len(dataset), "linear protocol", "img")  # type: ignore[arg-type]
     try:
-        for _ in range(settings.epochs):
+        for epoch in range(settings.epochs):
             total, count = 0.0, 0
             for x, y in _augmented_batches(dataset, data, settings.batch_size, device, gen):
                 with torch.no_grad():
@@ -199,10 +203,12 @@ def train_protocol(backbone: nn.Module, dataset: Dataset, data: Mapping[str, Any
                 opt.step()
                 total += float(loss.detach()) * x.shape[0]
                 count += x.shape[0]
+                bar.update(x.shape[0], f"epoch {epoch + 1}/{settings.epochs} loss={total / count:.4g}")
             if sched is not None:
                 sched.step()
             last_loss = total / max(count, 1)
     finally:
+        bar.close()
         for p, flag in zip(backbone.parameters(), flags, strict=True):
             p.requires_grad_(flag)
         backbone.train(was_training)

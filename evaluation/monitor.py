@@ -49,7 +49,8 @@ class KnnMonitor:
             feats, labels, classes = {}, {}, 0
             for split in ("train", "test"):
                 ds = self.splits[split]
-                feats[split] = backbone_features(encoder, ds, self.data, self.device, self.batch_size)
+                feats[split] = backbone_features(encoder, ds, self.data, self.device, self.batch_size,
+                                                   progress="none")
                 labels[split], n = labels_and_classes(ds)
                 classes = max(classes, n)
         finally:

@@ -87,8 +87,8 @@ def _check_keys(cfg: DictConfig, keys: list[str]) -> None:
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
 # Keys whose default is null but whose value, when given, must be an integer.
-NULLABLE_INTS = {"data.subset", "trainer.max_steps", "trainer.threads", "eval.train_subset", "eval.test_subset",
-                 "method.chunk_size", "eval.epochs", "head.hidden_dim"}
+NULLABLE_INTS = {"data.subset", "data.num_workers", "trainer.max_steps", "trainer.threads", "eval.train_subset",
+                 "eval.test_subset", "method.chunk_size", "eval.epochs", "head.hidden_dim"}
 
 
 def _check_types(base: DictConfig, cfg: DictConfig, prefix: str = "") -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_transform, resolve_backend
@@ -19,8 +20,10 @@ from sslkit.build import build_method
 from sslkit.config import as_dict, to_yaml
 from sslkit.data import build_dataset
 from sslkit.data.loader import steps_per_epoch, train_loader
+from sslkit.engine import budget as time_budget
 from sslkit.engine import checkpoint as ckpt
 from sslkit.engine.distributed import World, init_world, shutdown
+from sslkit.engine.hardware import fit_to_machine
 from sslkit.engine.logger import NullLogger, RunLogger
 from sslkit.engine.loop import LoopSettings, TrainState, fit, restore
 from sslkit.engine.optim import build_optimizer
@@ -87,23 +90,24 @@ def train(cfg: DictConfig, resume_from: dict[str, Any] | None = None) -> Path:
 
 
 def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) -> Path:
-    if cfg.trainer.threads:
-        torch.set_num_threads(int(cfg.trainer.threads))
+    began = time_budget.clock()
+    minutes = time_budget.budget_minutes(cfg.trainer.get("time_budget"))
     seed_everything(int(cfg.seed))  # the same initial weights and queue on every rank
     dataset = build_dataset(cfg.data, "pretrain")
     method = build_method(cfg)
     dataset, make_views = _views_maker(cfg, dataset, method.n_views, world.device)
+    machine = fit_to_machine(cfg, world.device, method.encoder(), not getattr(dataset, "in_memory", False))
     if cfg.trainer.sync_bn and world.size > 1:
         if world.device.type != "cuda":
             raise ConfigError("trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
                               "on CPU MoCo uses shuffle-BN across ranks instead")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(world.device)
-    if bool(cfg.trainer.channels_last):  # NHWC: faster convolutions on GPUs and on oneDNN CPUs
+    if machine.channels_last:  # NHWC: faster convolutions on GPUs and on oneDNN CPUs
         method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     batch = int(cfg.data.batch_size)
     loader = train_loader(dataset, batch, world=world.size, rank=world.rank, seed=int(cfg.seed),
-                          num_workers=int(cfg.data.num_workers))
+                          num_workers=machine.workers)
     spe = steps_per_epoch(len(dataset), batch, world.size)
     total = spe * int(cfg.trainer.epochs)
     if cfg.trainer.max_steps:
@@ -111,9 +115,26 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
     if total <= 0:
         raise ConfigError(f"nothing to train: trainer.epochs={cfg.trainer.epochs}, "
                           f"trainer.max_steps={cfg.trainer.max_steps}")
+    settings = LoopSettings(epochs=int(cfg.trainer.epochs), total_steps=total,
+                            log_every=int(cfg.trainer.log_every_steps),
+                            checkpoint_every=int(cfg.trainer.checkpoint_every_steps),
+                            precision=machine.precision, channels_last=machine.channels_last)
+    budget_note = ""
+    if minutes is not None and resume_from is None:  # a resume keeps the total in its config
+        step_s = time_budget.seconds_per_step(
+            fit, method, loader, make_views, lambda m: build_optimizer(m, cfg.optim, batch),
+            lambda o, n: build_scheduler(o, cfg.optim, n, spe), world, settings,
+            torch.amp.GradScaler("cuda") if machine.precision == "fp16" and world.device.type == "cuda" else None)
+        planned = [time_budget.steps_within(minutes * 60, time_budget.clock() - began, step_s)]
+        if world.size > 1:  # every rank runs rank 0's plan
+            dist.broadcast_object_list(planned, src=0)
+        total = min(total, int(planned[0]))
+        settings = replace(settings, total_steps=total)
+        OmegaConf.update(cfg, "trainer.max_steps", total)  # recorded in config.yaml and the checkpoint
+        budget_note = f" (trainer.time_budget={minutes:g} min at {step_s:.3g} s/step)"
     optimizer = build_optimizer(method, cfg.optim, batch)
     scheduler = build_scheduler(optimizer, cfg.optim, total, spe)
-    scaler = torch.amp.GradScaler("cuda") if cfg.trainer.precision == "fp16" and world.device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if machine.precision == "fp16" and world.device.type == "cuda" else None
 
     state = TrainState()
     if resume_from is not None:
@@ -129,11 +150,10 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     logger = RunLogger(run_dir, total, state.step, str(cfg.trainer.progress)) if world.is_main else NullLogger()
     logger.message(f"sslkit: {cfg.method.name} on {cfg.data.name} ({len(dataset)} images), {world.size} x "
-                   f"{world.device.type}, batch {batch}, {total} steps, run dir {run_dir}")
-    settings = LoopSettings(epochs=int(cfg.trainer.epochs), total_steps=total,
-                            log_every=int(cfg.trainer.log_every_steps),
-                            checkpoint_every=int(cfg.trainer.checkpoint_every_steps),
-                            precision=str(cfg.trainer.precision), channels_last=bool(cfg.trainer.channels_last))
+                   f"{world.device.type}, batch {batch}, {total} steps{budget_note}, {machine.describe()}, "
+                   f"run dir {run_dir}")
+    if machine.warning:
+        logger.message(machine.warning)
     start = time.time()
     try:
         state = fit(method, loader, make_views, optimizer, scheduler, world, settings, run_dir, logger, state, scaler,

@@ -12,6 +12,12 @@ from sslkit.errors import ConfigError, DataError, suggestion
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder")
 SPLITS = ("pretrain", "train", "test")
+DECODED = ("imagefolder",)  # decoded from files per image (in DataLoader workers); the rest live in memory
+
+
+def decodes_images(name: str) -> bool:
+    """Whether dataset `name` decodes images per item (and so wants DataLoader workers)."""
+    return str(name) in DECODED
 
 
 def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None) -> Dataset:

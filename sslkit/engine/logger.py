@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sslkit.engine.progress import line_interval
+
 
 def _fmt(v: float) -> str:
     return f"{v:.4g}"
@@ -35,6 +37,8 @@ class RunLogger:
             self.bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, unit="step")
         self.start = time.time()
         self.start_step = initial_step
+        self.last_line = self.start
+        self.last_text = ""
 
     def log(self, record: dict[str, Any]) -> None:
         """Write a record (must hold `step`); scalars go to TensorBoard under train/ or eval/."""
@@ -45,16 +49,30 @@ class RunLogger:
             if key not in ("time", "step", "epoch") and isinstance(value, int | float):
                 self.tb.add_scalar(key if "/" in key else f"train/{key}", value, step)
 
-    def progress(self, step: int, scalars: dict[str, float]) -> None:
-        elapsed = time.time() - self.start
+    def _eta(self, step: int) -> float:
         done = step - self.start_step
-        eta = elapsed / done * (self.total - step) if done else float("nan")
+        return (time.time() - self.start) / done * (self.total - step) if done else float("nan")
+
+    def progress(self, step: int, scalars: dict[str, float]) -> None:
         text = " ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
+        self.last_text = text
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix_str(text, refresh=True)
         elif self.mode == "lines":
-            print(f"step {step}/{self.total} {text} eta={eta:.0f}s", flush=True)
+            print(f"step {step}/{self.total} {text} eta={self._eta(step):.0f}s", flush=True)
+            self.last_line = time.time()
+
+    def tick(self, step: int) -> None:
+        """Every step: the bar moves; in line mode a line goes out when none has for a while."""
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+        elif self.mode == "lines" and time.time() - self.last_line >= line_interval():
+            rate = (step - self.start_step) / max(time.time() - self.start, 1e-9)
+            print(f"step {step}/{self.total} {rate:.3g} steps/s eta={self._eta(step):.0f}s"
+                  + (f" (last logged: {self.last_text})" if self.last_text else ""), flush=True)
+            self.last_line = time.time()
 
     def message(self, text: str) -> None:
         if self.bar is not None:
@@ -79,6 +97,9 @@ class NullLogger(RunLogger):
         pass
 
     def progress(self, step: int, scalars: dict[str, float]) -> None:
+        pass
+
+    def tick(self, step: int) -> None:
         pass
 
     def message(self, text: str) -> None:

@@ -159,6 +159,7 @@ def fit(method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, op
                 state.batch_in_epoch += 1
                 method.after_step(state.step / settings.total_steps)
                 window_images += per_rank_batch * world.size
+                logger.tick(state.step)
                 if state.step % settings.log_every == 0 or state.step == settings.total_steps:
                     scalars = {k: float(v) for k, v in out.logs.items()}
                     if world.size > 1:  # log (and NaN-check) the mean over ranks, not rank 0's share

@@ -13,18 +13,39 @@ from sslkit.errors import ConfigError, suggestion
 TORCHVISION = ("resnet18", "resnet34", "resnet50")
 
 
-def _torchvision_resnet(name: str, small_images: bool) -> tuple[nn.Module, int]:
+def _torchvision_resnet(name: str, small_images: bool, width: int = 64) -> tuple[nn.Module, int]:
     import torchvision
 
     model = getattr(torchvision.models, name)(weights=None)
+    if width != 64:
+        _rebuild_width(model, width)
     if small_images:
         # CIFAR variant (SimCLR arXiv 2002.05709 appendix B.9): 3x3 stride-1 stem, no max-pool.
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
         model.maxpool = nn.Identity()
     dim = model.fc.in_features
     model.fc = nn.Identity()
     return model, dim
+
+
+def _rebuild_width(model: nn.Module, width: int) -> None:
+    """The same ResNet with `width` stem channels (64 in He et al. 2016): stages width x (1, 2, 4, 8)."""
+    block = type(model.layer1[0])  # type: ignore[index]
+    depths = [len(getattr(model, f"layer{i}")) for i in range(1, 5)]
+    model.inplanes = width  # type: ignore[assignment]
+    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    for i, depth in enumerate(depths):
+        setattr(model, f"layer{i + 1}", model._make_layer(block, width * 2**i, depth,  # type: ignore[operator]
+                                                          stride=1 if i == 0 else 2))
+    model.fc = nn.Linear(width * 8 * block.expansion, 1000)
+    for m in model.modules():  # torchvision's initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, int]:
@@ -48,7 +69,10 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:
     """An encoder mapping (N, 3, H, W) images to pooled (N, D) features, and D."""
     name = cfg["name"]
     if name in TORCHVISION:
-        return _torchvision_resnet(name, bool(cfg.get("small_images", False)))
+        width = int(cfg.get("width") or 64)
+        if width < 1:
+            raise ConfigError(f"backbone.width must be a positive integer, got {width}")
+        return _torchvision_resnet(name, bool(cfg.get("small_images", False)), width)
     if name == "timm":
         if not cfg.get("timm_name"):
             raise ConfigError("backbone=timm needs backbone.timm_name=<a timm model name>")

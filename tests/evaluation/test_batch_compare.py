@@ -159,3 +159,21 @@ def test_batch_compare_cli_with_real_training_subprocesses(tmp_path, cli):
     assert all(r["peak_memory_mb"] > 100 and r["train_seconds"] > 0 for r in rows)  # a real process' RSS
     assert (tmp_path / "batch_compare.md").is_file() and (tmp_path / "batch_compare.png").is_file()
     assert [r["images_seen"] for r in rows] == [64, 64, 64]
+    assert (tmp_path / "logs" / "simclr_b32.log").read_text().count("step 1/1") == 1
+
+
+def test_child_training_progress_is_relayed(capsys):
+    """A batch-compare run's "step N/T" lines become progress on stderr; the log keeps everything."""
+    import io
+    import sys
+
+    from sslkit.evaluation.batch_compare import _relay
+
+    log = io.StringIO()
+    code = _relay([sys.executable, "-c", "print('sslkit: mocov2'); print('step 1/4 loss=2'); print('step 4/4')"],
+                  log, "mocov2@256")
+    assert code == 0
+    assert log.getvalue().splitlines() == ["sslkit: mocov2", "step 1/4 loss=2", "step 4/4"]
+    err = capsys.readouterr().err.splitlines()  # not a TTY: lines
+    assert err[0] == "batch_compare mocov2@256: 0/4 step (0%) [started]"
+    assert err[-1].startswith("batch_compare mocov2@256: 4/4 step (100%)") and "[done in" in err[-1]

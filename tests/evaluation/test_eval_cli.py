@@ -24,6 +24,13 @@ def test_knn_writes_json_per_k_and_reuses_the_feature_cache(trained_run, cli):
     path = trained_run / "eval" / "knn.json"
     assert line.endswith(f"-> {path}")
     r = json.loads(path.read_text())
+    for k in (10, 20, 200):  # the summary shows every requested k
+        assert f"k={k} {r['results'][str(k)]['top1']:.2f}%" in line
+    # stdout/stderr are pipes here, not a TTY: progress comes as plain lines, one split at a time
+    progress = [ln for ln in res.stderr.splitlines() if ln.startswith("features ")]
+    assert any(ln.startswith("features train: 0/1000 img") for ln in progress), res.stderr[-2000:]
+    assert any(ln.startswith("features train: 1000/1000 img") and "[done" in ln for ln in progress)
+    assert any(ln.startswith("features test: 200/200 img") and "img/s" in ln for ln in progress)
     assert 0.0 <= r["top1"] <= 100.0 and r["top1"] <= r["top5"] <= 100.0
     assert set(r["results"]) == {"10", "20", "200"} and r["results"]["200"]["top1"] == r["top1"]
     assert r["k"] == 200 and r["ks"] == [10, 20, 200] and r["temperature"] == 0.1

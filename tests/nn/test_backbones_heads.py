@@ -67,3 +67,20 @@ def test_head_defaults_follow_the_official_code():
     assert not simclr[4].bias.requires_grad and simclr[4].weight.requires_grad
     assert build_head({"kind": "mlp", "hidden_dim": None}, 2048)[0].out_features == 2048  # ResNet-50
     assert [type(m).__name__ for m in build_method(compose(["method=mocov1"])).head] == ["Linear"]
+
+
+@pytest.mark.parametrize("name, expansion", [("resnet18", 1), ("resnet50", 4)])
+def test_width_scales_every_stage(name, expansion):
+    model, d = build_backbone({"name": name, "small_images": True, "width": 16})
+    assert d == 16 * 8 * expansion == infer_feature_dim(model, 28)
+    assert model.conv1.out_channels == 16 and model.bn1.num_features == 16
+    for i, planes in enumerate((16, 32, 64, 128), 1):  # width x (1, 2, 4, 8), as torchvision's 64 x ...
+        first = getattr(model, f"layer{i}")[0]
+        assert first.conv1.out_channels == planes
+    # same depth as the full-width model: the only change is the number of channels
+    full, _ = build_backbone({"name": name, "small_images": True})
+    assert [type(m) for m in model.modules()] == [type(m) for m in full.modules()]
+    n, n_full = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in full.parameters())
+    assert n < n_full / 10  # about (16/64)^2 of the weights
+    with pytest.raises(ConfigError, match="backbone.width"):
+        build_backbone({"name": name, "width": -4})

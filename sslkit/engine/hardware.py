@@ -1,0 +1,264 @@
+"""Fit the run to the machine: precision, memory format, CPU threads and DataLoader workers.
+
+`trainer.precision=auto` picks bf16 autocast only where the hardware runs it natively (CUDA with
+bf16, or a CPU whose oneDNN reports native BF16: AVX-512-BF16 or AMX) and fp32 elsewhere, with TF32
+matmuls on Ampere and newer GPUs. `trainer.channels_last=auto` is on for CUDA; on a CPU a short timed
+probe of the model decides (NHWC is 1.07-1.15x faster for ResNet-18 on one AVX2 EPYC and slower for
+other models and CPUs: docs/benchmarks.md). On a CPU, torch threads plus DataLoader workers never
+exceed the cores this process may use (`os.sched_getaffinity`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslkit.errors import ConfigError
+
+PRECISIONS = ("auto", "32", "bf16", "fp16")
+# bf16 autocast without native BF16, measured on an AMD EPYC (AVX2): ResNet-18 forward+backward at
+# 32 px ran 9-50x slower than fp32 (issue 8; benchmarks/bench_cpu_precision.py).
+EMULATED_BF16_SLOWDOWN = "about 10-50x slower than fp32"
+
+
+def cpu_capability() -> str:
+    """The SIMD level torch dispatches to on this CPU, e.g. "AVX2", "AVX512"."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # very old torch
+        return "unknown"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 natively on this CPU (AVX-512-BF16 or AMX), not by emulation."""
+    try:
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # type: ignore[attr-defined]
+            return True
+    except (AttributeError, RuntimeError):
+        pass
+    return "AMX" in cpu_capability().upper()
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively (and so faster than fp32) on `device`."""
+    if device.type == "cuda":
+        return cuda_has_bf16(device)
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`trainer.precision` as run: "auto" becomes "bf16" where native, else "32"."""
+    requested = str(requested)
+    if requested not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={requested!r} is invalid; valid: {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16(device) else "32"
+
+
+def precision_warning(precision: str, device: torch.device) -> str | None:
+    """A one-line warning for an explicit choice that runs slowly (or not at all) on `device`."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return (f"warning: trainer.precision=bf16 on a CPU without native BF16 ({cpu_capability()}): "
+                f"emulated bf16 is {EMULATED_BF16_SLOWDOWN}; use trainer.precision=auto")
+    if precision == "fp16" and device.type != "cuda":
+        return "warning: trainer.precision=fp16 has no effect off CUDA (runs in fp32); use trainer.precision=auto"
+    return None
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """TF32 matmuls and convolutions on Ampere and newer GPUs (fp32 runs); True if turned on."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index)[0] < 8:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def _seconds(model: nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(x).float().sum().backward()
+    return time.perf_counter() - start
+
+
+_PROBED: dict[tuple[object, ...], bool] = {}
+
+
+def probe_channels_last(model: nn.Module, image_size: int, batch: int = 32, rounds: int = 3,
+                        margin: float = 0.05) -> bool:
+    """Time forward+backward of a copy of `model` on the CPU in NCHW and NHWC, interleaved (best of
+    `rounds`); True if NHWC is faster by more than `margin`. The answer is kept for the process, so
+    runs of the same model in one process (tests, batch-compare, resumes) agree."""
+    key = (type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()), image_size,
+           batch, torch.get_num_threads())
+    if key not in _PROBED:
+        _PROBED[key] = _probe(model, image_size, batch, rounds, margin)
+    return _PROBED[key]
+
+
+def _probe(model: nn.Module, image_size: int, batch: int, rounds: int, margin: float) -> bool:
+    probe = copy.deepcopy(model).cpu().train()
+    x = torch.randn(batch, 3, image_size, image_size)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    probe_cl = copy.deepcopy(probe).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    _seconds(probe, x), _seconds(probe_cl, x_cl)  # warm-up: oneDNN primitive creation
+    nchw, nhwc = float("inf"), float("inf")
+    for _ in range(rounds):
+        nchw = min(nchw, _seconds(probe, x))
+        nhwc = min(nhwc, _seconds(probe_cl, x_cl))
+    return nhwc < nchw * (1.0 - margin)
+
+
+def resolve_channels_last(requested: object, device: torch.device,
+                          probe: Callable[[], bool] | None = None) -> bool:
+    """`trainer.channels_last` as run: "auto" is on for CUDA and, on a CPU, what `probe()` says."""
+    if isinstance(requested, bool):
+        return requested
+    if str(requested).lower() in ("true", "false"):
+        return str(requested).lower() == "true"
+    if str(requested) != "auto":
+        raise ConfigError(f"trainer.channels_last={requested!r} is invalid; valid: auto, true, false")
+    if device.type == "cuda":
+        return True
+    return bool(probe()) if probe is not None else False
+
+
+# ---- threads and workers -------------------------------------------------------------------------
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset and cpusets count, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def env_threads() -> int | None:
+    """OMP_NUM_THREADS when the user set it (a thread count chosen outside sslkit), else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    threads: int  # torch intra-op threads of the main process
+    workers: int  # DataLoader worker processes (each runs one torch thread)
+
+
+def cpu_split(cores: int, wants_workers: bool, threads: int | None = None, workers: int | None = None) -> CpuSplit:
+    """Share `cores` between torch threads and DataLoader workers so that threads + workers <= cores.
+
+    Explicit `threads` (trainer.threads, else OMP_NUM_THREADS) and `workers` (data.num_workers) win.
+    Otherwise a loader that decodes images (`wants_workers`) gets half the cores as workers, at least
+    1 when there are two or more cores, and the main process keeps the rest for the model; with one
+    core the main process does everything (workers would only take turns with it). In-memory data needs no workers.
+    """
+    cores = max(1, int(cores))
+    if workers is None:
+        workers = max(1, cores // 2) if wants_workers and cores >= 2 else 0
+        if threads is not None:
+            workers = min(workers, max(0, cores - int(threads)))
+    if threads is None:
+        threads = max(1, cores - int(workers))
+    return CpuSplit(threads=max(1, int(threads)), workers=max(0, int(workers)))
+
+
+def apply_cpu_split(device: torch.device, wants_workers: bool, threads: object = None, workers: object = None,
+                    cores: int | None = None) -> CpuSplit:
+    """Set torch's thread count for this process and return the split (workers as the loader should use).
+
+    On CUDA the model runs on the GPU: only `threads`/`workers` given explicitly change anything, and
+    workers default to what was asked (`workers`) or half the cores."""
+    explicit_threads = (int(threads) if threads not in (None, "", 0)  # type: ignore[call-overload]
+                        else env_threads())
+    explicit_workers = int(workers) if workers is not None else None  # type: ignore[call-overload]
+    cores = cores or usable_cores()
+    if device.type == "cpu":
+        split = cpu_split(cores, wants_workers, explicit_threads, explicit_workers)
+    else:
+        default_workers = max(1, cores // 2) if wants_workers else 0
+        split = CpuSplit(explicit_threads or torch.get_num_threads(),
+                         explicit_workers if explicit_workers is not None else default_workers)
+    if split.threads != torch.get_num_threads():
+        try:
+            torch.set_num_threads(split.threads)
+        except RuntimeError:  # pragma: no cover - set after parallel work started
+            warnings.warn(f"could not set torch threads to {split.threads}", stacklevel=2)
+    return split
+
+
+# ---- one call for a training run -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Machine:
+    """What a run resolved to; `config.yaml` holds the same precision and channels_last."""
+
+    precision: str
+    channels_last: bool
+    threads: int
+    workers: int
+    how: str = ""  # why, for the first printed line
+    warning: str | None = None
+
+    def describe(self) -> str:
+        fmt = "channels_last" if self.channels_last else "NCHW"
+        return (f"precision {self.precision}, {fmt}{f' ({self.how})' if self.how else ''}, "
+                f"{self.threads} torch threads + {self.workers} loader workers")
+
+
+PROBE_MIN_STEPS = 50  # runs shorter than this keep NCHW on a CPU without timing a probe
+
+
+def _probe_batch(image_size: int) -> int:
+    """32 images at 32 px, fewer for larger images (the probe stays around a second)."""
+    return max(2, min(32, int(32 * (32 / max(1, image_size)) ** 2)))
+
+
+def fit_to_machine(cfg: object, device: torch.device, encoder: nn.Module, wants_workers: bool,
+                   probe: Callable[[], bool] | None = None) -> Machine:
+    """Resolve trainer.precision/channels_last ("auto"), write the results back into `cfg` (so
+    config.yaml and the checkpoint record them), and split the CPU between threads and workers."""
+    from omegaconf import OmegaConf
+
+    trainer, data = cfg.trainer, cfg.data  # type: ignore[attr-defined]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
+    split = apply_cpu_split(device, wants_workers, trainer.get("threads"), data.get("num_workers"),
+                            max(1, usable_cores() // max(1, local)))
+    asked_precision, asked_layout = str(trainer.precision), trainer.channels_last
+    precision = resolve_precision(asked_precision, device)
+    size = int(data.image_size)
+    max_steps = trainer.get("max_steps")
+    short = bool(max_steps) and int(max_steps) < PROBE_MIN_STEPS and trainer.get("time_budget") is None
+    if probe is None:  # a probe costs about one step; for a few steps NCHW is kept untimed
+        probe = (lambda: False) if short else (lambda: probe_channels_last(encoder, size, _probe_batch(size)))
+    channels_last = resolve_channels_last(asked_layout, device, probe)
+    how = []
+    if asked_precision == "auto":
+        native = native_bf16(device)
+        how.append(f"auto precision: {'native' if native else 'no native'} bf16 on "
+                   f"{device.type if device.type != 'cpu' else cpu_capability()}")
+    if precision == "32" and enable_tf32(device):
+        how.append("TF32 matmuls")
+    if str(asked_layout) == "auto":
+        how.append("auto layout: " + ("CUDA" if device.type == "cuda" else
+                                      "run too short to probe" if short else "timed probe"))
+    OmegaConf.update(cfg, "trainer.precision", precision)  # type: ignore[arg-type]
+    OmegaConf.update(cfg, "trainer.channels_last", channels_last)  # type: ignore[arg-type]
+    return Machine(precision, channels_last, split.threads, split.workers, "; ".join(how),
+                   precision_warning(precision, device))

@@ -1,0 +1,60 @@
+"""trainer.time_budget sizes the schedule from timed first steps (issue 8, item 4), with a fake clock."""
+
+import itertools
+
+import pytest
+import torch
+import yaml
+
+from sslkit.config import compose
+from sslkit.engine import budget
+from sslkit.engine import checkpoint as ckpt
+from sslkit.errors import ConfigError
+from sslkit.train import resume_config, train
+from tests.conftest import needs_fashion
+
+BASE = ["data.subset=128", "data.batch_size=32", "method.queue_size=48", "trainer.progress=none",
+        "trainer.log_every_steps=1", "head.hidden_dim=64", "trainer.checkpoint_every_steps=0",
+        "trainer.channels_last=false"]
+
+
+def test_steps_within():
+    assert budget.steps_within(600, 60, 0.5) == 1026  # floor(0.95 * 540 / 0.5)
+    assert budget.steps_within(600, 60, 0.5, safety=1.0) == 1080
+    assert budget.steps_within(600, 700, 0.5) == 1  # already over: one step, not zero or negative
+    with pytest.raises(ConfigError, match="time_budget"):
+        budget.steps_within(0, 0, 1.0)
+
+
+def test_budget_minutes_validation():
+    assert budget.budget_minutes(None) is None and budget.budget_minutes(2) == 2.0
+    for bad in ("soon", -1, 0, float("inf")):
+        with pytest.raises(ConfigError, match="trainer.time_budget"):
+            budget.budget_minutes(bad)
+
+
+@needs_fashion
+def test_budget_fixes_the_total_and_the_run_equals_that_many_steps(tmp_path, monkeypatch):
+    ticks = itertools.count()  # every reading of the clock is one second later
+    monkeypatch.setattr(budget, "clock", lambda: float(next(ticks)))
+    run = train(compose(BASE + ["trainer.time_budget=0.25", f"out={tmp_path / 'budget'}"]))
+    # began at 0 s; 3 + 5 timed steps end at 1..8 s -> 1 s/step; planning reads 9 s:
+    # floor(0.95 * (15 - 9) / 1) = 5 steps, recorded in config.yaml and in the checkpoint
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 5
+    saved = ckpt.load(run)
+    assert saved["state"]["step"] == 5
+    assert yaml.safe_load(saved["config"])["trainer"]["max_steps"] == 5
+
+    monkeypatch.setattr(budget, "clock", __import__("time").perf_counter)
+    plain = train(compose(BASE + ["trainer.max_steps=5", f"out={tmp_path / 'plain'}"]))
+    a, b = ckpt.load(plain)["method"], saved["method"]
+    for key in a:  # timing the copy left no trace: the same run as max_steps=5
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a resume must keep the recorded schedule, not time again")
+
+    monkeypatch.setattr(budget, "seconds_per_step", no_timing)
+    cfg = resume_config(saved)
+    assert cfg.trainer.max_steps == 5 and cfg.trainer.time_budget == 0.25
+    train(cfg, saved)  # already at step 5 of 5: returns without re-planning
