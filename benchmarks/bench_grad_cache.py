@@ -10,6 +10,7 @@ the last lines give each variant's peak at the largest batch over its peak at th
 
     .venv/bin/python benchmarks/bench_grad_cache.py                       # 256, 1024, 8192 (cached only)
     .venv/bin/python benchmarks/bench_grad_cache.py --batches 256 8192 --skip-direct-above 0 --ntxent both
+    .venv/bin/python benchmarks/bench_grad_cache.py --loss-only --batches 256 8192 --ntxent both  # seconds
     .venv/bin/python benchmarks/bench_grad_cache.py --batches 64 256 --chunk 64 --steps 2
     python benchmarks/bench_grad_cache.py --skip-direct-above 100000      # on a GPU: everything
 """
@@ -40,6 +41,24 @@ def rss_mb() -> float:
 def peak_rss_mb() -> float:
     scale = 1 / 1024**2 if sys.platform == "darwin" else 1 / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def loss_child(args: argparse.Namespace) -> None:
+    """NT-Xent's own step-2 memory: loss and d loss / d embeddings for 2 x batch random embeddings."""
+    import torch
+
+    from sslkit.contrastive.ntxent import ntxent_loss
+
+    torch.manual_seed(0)
+    z = torch.randn(2 * args.batch, 128, requires_grad=True)
+    before = rss_mb()
+    start = time.perf_counter()
+    loss = ntxent_loss(*z.chunk(2), 0.1, block=None if args.ntxent == "dense" else 1024)
+    loss.backward()
+    record = {"batch": args.batch, "mode": "loss", "ntxent": args.ntxent, "device": "cpu",
+              "seconds_per_step": time.perf_counter() - start, "images_per_s": 0.0, "loss": float(loss),
+              "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before, "peak_cuda_mb": None}
+    print("RESULT " + json.dumps(record), flush=True)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -99,6 +118,8 @@ def run_child(args: argparse.Namespace, batch: int, mode: str, ntxent: str) -> d
            "--device", args.device]
     if args.small_images:
         cmd.append("--small-images")
+    if args.loss_only:
+        cmd.append("--loss-only")
     res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -121,12 +142,14 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--ntxent", choices=["blockwise", "dense", "both"], default="blockwise",
                    help="NT-Xent: block by block above 1024 views (sslkit's default), the dense matrix, or both")
+    p.add_argument("--loss-only", action="store_true",
+                   help="only NT-Xent's loss and gradient on random 128-d embeddings (no encoder)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--mode", choices=["direct", "cached"], help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=["direct", "cached", "loss"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args)
+        (loss_child if args.loss_only else child)(args)
         return
     stem = "CIFAR stem" if args.small_images else "ImageNet stem"
     print(f"SimCLR ResNet-18 ({stem}), {args.image_size} px, MLP head 2048-128, SGD; chunk {args.chunk} "
@@ -140,12 +163,12 @@ def main() -> None:
     variants = ["blockwise", "dense"] if args.ntxent == "both" else [args.ntxent]
     peaks: dict[tuple[str, str], dict[int, float]] = {}
     for batch in args.batches:
-        for mode in ("direct", "cached"):
+        for mode in (("loss",) if args.loss_only else ("direct", "cached")):
             if mode == "direct" and batch > args.skip_direct_above:
                 note = f"skipped (--skip-direct-above {args.skip_direct_above})"
                 print(f"{batch:>6} {mode:>7} {note:>40}", flush=True)
                 continue
-            if mode == "cached" and 2 * batch <= args.chunk:
+            if mode == "cached" and 2 * batch <= args.chunk and not args.loss_only:
                 continue  # one chunk: the same computation as direct
             for ntxent in variants:
                 if ntxent == "dense" and 2 * batch <= 1024:

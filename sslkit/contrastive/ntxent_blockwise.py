@@ -119,7 +119,7 @@ class _BlockwiseNTXent(torch.autograd.Function):
         res = ntxent_loss_and_grad(z1, z2, temperature, all_z1, all_z2, offset, block=block,
                                    need_grad=any(ctx.needs_input_grad[:4]))  # type: ignore[attr-defined]
         ctx.grads = res[1:]  # type: ignore[attr-defined]
-        return res.loss.to(z1.dtype)
+        return res.loss  # at least fp32, as cross_entropy under autocast
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
