@@ -33,11 +33,16 @@ def random_problem(n_train: int = 3000, n_test: int = 300, dim: int = 32, classe
     return train, train_y, test, test_y
 
 
-def assert_same(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> None:
+def assert_same(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor], swaps: float = 0.0) -> None:
+    """Same predictions and class scores; `swaps`: the fraction of scores allowed to differ because a
+    near-tie at rank k (float32 FAISS vs float64 torch) swapped the k-th neighbour."""
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(predictions(a[k]), predictions(b[k])), f"k={k}: predictions differ"
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+        if swaps:
+            assert torch.isclose(a[k], b[k], rtol=1e-5, atol=1e-6).float().mean() >= 1 - swaps, f"k={k}"
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
 def test_faiss_equals_brute_force_on_random_features():
@@ -118,7 +123,8 @@ def test_faiss_equals_brute_force_on_fashion_mnist_pixels():
     assert train.feats.shape == (2000, 784) and test.feats.shape == (500, 784)
     ks = [1, 20, 200]
     faiss_scores = knn_predict(train.feats, train.labels, test.feats, ks, 0.1, 10)
-    assert_same(faiss_scores, knn_brute_force_torch(train.feats, train.labels, test.feats, ks, 0.1, 10))
+    # real images have near-ties at rank k (2 of 5000 scores for the stratified 2000-image bank)
+    assert_same(faiss_scores, knn_brute_force_torch(train.feats, train.labels, test.feats, ks, 0.1, 10), 1e-3)
     acc = knn_accuracy(train.feats, train.labels, test.feats, test.labels, ks, 0.1, 10)
     assert 65.0 < acc[20]["top1"] < 95.0  # raw-pixel kNN on Fashion-MNIST: ~75% with 2000 images
     assert acc[20]["top5"] > acc[20]["top1"]
