@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.sslkit-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # No OMP_NUM_THREADS here: sslkit splits the usable cores itself (sslkit/engine/hardware.py); set it to override.
 
-.PHONY: setup data demo test test-slow test-all lint bench clean
+.PHONY: setup data demo test test-slow test-all lint bench clean chromium
 
 setup: $(STAMP) data
 
@@ -37,10 +37,17 @@ demo: setup
 test: setup
 	$(BIN)/pytest -q
 
-test-slow: setup
+# The report's browser test needs Debian's chromium: installed here when missing (as root only).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "chromium is missing (sudo apt-get install chromium); its test will be skipped"; fi
+
+test-slow: setup chromium
 	$(BIN)/pytest -q -m slow
 
-test-all: setup
+test-all: setup chromium
 	$(BIN)/pytest -q -m "slow or not slow"
 
 lint: setup

@@ -123,7 +123,7 @@ def run_embedding(ctx: EvalContext) -> dict[str, Any]:
     from .retrieval import class_names
 
     e = ctx.cfg.eval
-    reducer = str(e.get("reducer", "tsne"))
+    reducer = str(e.reducer)
     if reducer not in REDUCERS:
         raise ConfigError(f"unknown eval.reducer '{reducer}'; valid: {', '.join(REDUCERS)}")
     test = split_features(ctx, "backbone", "test", _subset(e.test_subset), int(e.batch_size))

@@ -73,3 +73,16 @@ def test_embedding_command_writes_map_coordinates_and_projector(trained_run, cli
     assert_picture(sprite, (13 * 28, 13 * 28))  # ceil(sqrt(150)) = 13 images a side, 28 px each
     tensors = next(proj.rglob("tensors.tsv")).read_text().splitlines()
     assert len(tensors) == 150 and len(tensors[0].split("\t")) == 512
+
+
+def test_umap_without_umap_learn_is_a_one_line_error(monkeypatch):
+    import sys
+
+    import pytest
+
+    from sslkit.errors import ConfigError
+    from sslkit.evaluation.embedding import umap_2d
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # as where umap-learn is not installed
+    with pytest.raises(ConfigError, match="pip install umap-learn"):
+        umap_2d(np.zeros((10, 4), dtype=np.float32))
