@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.sslkit-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup data demo test test-slow test-all lint bench clean
+.PHONY: setup data demo test test-slow test-all lint bench clean mutation
 
 setup: $(STAMP) data
 
@@ -42,6 +42,11 @@ test-slow: setup
 
 test-all: setup
 	$(BIN)/pytest -q -m "slow or not slow"
+
+# Mutation testing (cosmic-ray) of the contrastive core and the methods against their fast tests;
+# slow (hours on 2 cores), not part of `make test`. Result and survivors: docs/testing.md.
+mutation: setup
+	$(BIN)/python mutation/run.py
 
 lint: setup
 	$(BIN)/ruff check .
