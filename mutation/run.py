@@ -38,8 +38,10 @@ GROUPS: dict[str, tuple[list[str], str]] = {
     "base": (["methods/base.py"], f"{MOCO_TESTS} {SIMCLR_TESTS} tests/engine/test_loop_wiring.py"),
 }
 # Operators whose mutants say little about the tests: the integer-only and bitwise replacements of
-# arithmetic operators, `==` -> `is` style identity swaps, and `-x` -> `~x` / `not x`.
+# arithmetic operators, `|` in type unions (annotations are never evaluated: `from __future__ import
+# annotations`), `==` -> `is` style identity swaps, and `-x` -> `~x` / `not x`.
 EXCLUDE = [r"core/ReplaceBinaryOperator_.*_(FloorDiv|Mod|Pow|RShift|LShift|BitOr|BitAnd|BitXor)$",
+           r"core/ReplaceBinaryOperator_BitOr_.*",
            r"core/ReplaceComparisonOperator_(Eq|NotEq|Lt|LtE|Gt|GtE)_(Is|IsNot)$",
            r"core/ReplaceUnaryOperator_USub_(Invert|Not)$"]
 
@@ -72,30 +74,35 @@ def run(group: str) -> None:
 def results(group: str) -> list[dict[str, object]]:
     db = sqlite3.connect(OUT / f"{group}.sqlite")
     rows = db.execute("""select s.module_path, s.operator_name, s.occurrence, s.start_pos_row, s.start_pos_col,
-                                r.worker_outcome, r.test_outcome, r.output
+                                r.worker_outcome, r.test_outcome, r.diff
                          from mutation_specs s join work_results r on s.job_id = r.job_id""").fetchall()
-    keys = ("module", "operator", "occurrence", "line", "col", "worker", "test", "output")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    keys = ("module", "operator", "occurrence", "line", "col", "worker", "test", "diff")
+    return [dict(zip(keys, (v.lower() if isinstance(v, str) and i in (5, 6) else v for i, v in enumerate(row)),
+                     strict=True)) for row in rows]
 
 
 def report(groups: list[str]) -> None:
+    """Killed / run per group (a mutant that crashes or times out the tests counts as killed), then survivors."""
     total = killed = 0
-    survivors = []
-    lines = []
+    survivors, lines = [], []
     for group in groups:
         if not (OUT / f"{group}.sqlite").exists():
             continue
-        rows = [r for r in results(group) if r["worker"] != "skipped"]
-        done = [r for r in rows if r["test"] in ("killed", "survived") or r["worker"] in ("abnormal", "exception")]
-        dead = [r for r in done if r["test"] == "killed" or r["worker"] == "abnormal"]
+        everything = results(group)
+        done = [r for r in everything if r["worker"] != "skipped"]
+        dead = [r for r in done if r["test"] == "killed" or r["worker"] in ("abnormal", "exception")]
         total, killed = total + len(done), killed + len(dead)
         survivors += [r for r in done if r not in dead]
-        lines.append(f"{group:12s} {len(dead):4d}/{len(done):4d} killed")
+        items = sqlite3.connect(OUT / f"{group}.sqlite").execute("select count(*) from work_items").fetchone()[0]
+        lines.append(f"{group:12s} {len(dead):4d}/{len(done):4d} killed; {len(everything) - len(done)} filtered, "
+                     f"{items - len(everything)} not run")
     lines.append(f"{'total':12s} {killed:4d}/{total:4d} killed ({100 * killed / max(total, 1):.1f}%)")
     print("\n".join(lines))
-    for r in sorted(survivors, key=lambda r: (r["module"], r["line"])):
-        src = (ROOT / str(r["module"])).read_text().splitlines()[int(r["line"]) - 1].strip()
-        print(f"SURVIVED {r['module']}:{r['line']} {r['operator']} #{r['occurrence']}: {src}")
+    for r in sorted(survivors, key=lambda r: (str(r["module"]), int(r["line"]))):
+        src = subprocess.run(["git", "show", f"HEAD:{r['module']}"], cwd=ROOT, capture_output=True,  # not a live mutant
+                             text=True).stdout.splitlines()[int(r["line"]) - 1].strip()
+        change = [d[1:].strip() for d in str(r["diff"]).splitlines() if d.startswith("+") and not d.startswith("+++")]
+        print(f"SURVIVED {r['module']}:{r['line']} {r['operator']}: {src}  ->  {' / '.join(change)}")
 
 
 def main(argv: list[str]) -> None:
