@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.sslkit-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # No OMP_NUM_THREADS here: sslkit splits the usable cores itself (sslkit/engine/hardware.py); set it to override.
 
-.PHONY: setup data demo test test-slow test-all lint bench clean chromium
+.PHONY: setup data demo test test-slow test-all lint bench clean chromium mutation
 
 setup: $(STAMP) data
 
@@ -49,6 +49,11 @@ test-slow: setup chromium
 
 test-all: setup chromium
 	$(BIN)/pytest -q -m "slow or not slow"
+
+# Mutation testing (cosmic-ray) of the contrastive core and the methods against their fast tests;
+# slow (hours on 2 cores), not part of `make test`. Result and survivors: docs/testing.md.
+mutation: setup
+	$(BIN)/python mutation/run.py
 
 lint: setup
 	$(BIN)/ruff check .

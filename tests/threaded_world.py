@@ -41,6 +41,8 @@ class ThreadedWorld:
             o.copy_(v)
 
     def broadcast(self, x: torch.Tensor, src: int = 0, *args: Any, **kwargs: Any) -> None:
+        if not 0 <= src < self.size:
+            raise ValueError(f"broadcast from rank {src} in a world of {self.size}")  # as gloo rejects it
         x.copy_(self._exchange(x.detach().clone())[src])
 
     def all_reduce(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> None:

@@ -40,3 +40,21 @@ def test_momentum_schedules():
     assert momentum_at(0.99, 0.5, "cosine") == pytest.approx(1 - 0.01 * (math.cos(math.pi / 2) + 1) / 2)
     with pytest.raises(ValueError):
         momentum_at(0.99, 0.5, "linear")
+
+
+def test_cosine_schedule_clamps_progress_to_0_1():
+    assert momentum_at(0.99, -0.5, "cosine") == pytest.approx(0.99)  # before the start: the base
+    assert momentum_at(0.99, 1.5, "cosine") == pytest.approx(1.0)  # after the end: 1
+
+
+@pytest.mark.parametrize("name", ["anneal", "linear", "Cosine"])  # sorting before and after "cosine"
+def test_unknown_schedules_are_rejected(name):
+    with pytest.raises(ValueError, match="unknown momentum schedule"):
+        momentum_at(0.99, 0.5, name)
+
+
+def test_ema_rejects_modules_with_different_parameters():
+    small, big = nn.Linear(3, 2), nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    for target, online in ((small, big), (big, small)):
+        with pytest.raises(ValueError, match="different parameters"):
+            ema_update(target, online, 0.9)

@@ -26,6 +26,15 @@ WORLD = World(0, 0, 1, torch.device("cpu"))
 HEAD = {"kind": "mlp", "hidden_dim": 16, "out_dim": 8, "batch_norm": False}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: a second thread only adds contention on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def dataset() -> TensorImageDataset:
     g = torch.Generator().manual_seed(0)
     return TensorImageDataset(torch.randint(0, 255, (IMAGES, 3, 6, 6), generator=g, dtype=torch.uint8),

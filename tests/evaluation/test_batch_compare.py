@@ -12,7 +12,9 @@ from sslkit import cli as sslkit_cli
 from sslkit.config import compose
 from sslkit.errors import ConfigError
 from sslkit.evaluation import batch_compare as bc
+from sslkit.evaluation.linear import FastSettings, fast_probe
 from tests.conftest import needs_fashion
+from tests.evaluation.offline import offline, offline_knn
 
 RUNS = "eval.runs=[{method:simclr,batch_size:16},{method:simclr,batch_size:32},{method:mocov2,batch_size:16}]"
 TINY = ["data.subset=64", "head.hidden_dim=32", "eval.chunk_size=16", "eval.epochs=1",
@@ -137,7 +139,15 @@ def test_batch_compare_writes_table_json_and_plot(tmp_path, monkeypatch, capsys)
         ("simclr", 16, 16), ("simclr", 32, 16), ("mocov2", 16, None)]
     assert [r["steps"] for r in rows] == [4, 2, 4]  # one epoch of 64 images each
     for r in rows:
-        assert r["images_seen"] == 64 and 0.0 <= r["knn_top1"] <= 100.0 and 0.0 <= r["linear_top1"] <= 100.0
+        assert r["images_seen"] == 64
+    e = compose(TINY, extra=["eval=batch_compare"]).eval
+    for r in rows:  # kNN and the fast probe recomputed here on each run's checkpoint
+        run_dir = Path(r["run_dir"])
+        knn = offline_knn(run_dir, 300, 100, [20], float(e.temperature))
+        assert r["knn_top1"] == knn[20]["top1"]
+        (tr, tr_y, classes), (te, te_y, _) = offline(run_dir, "train", 300), offline(run_dir, "test", 100)
+        fast = FastSettings(int(e.fast_epochs), float(e.fast_lr), int(e.fast_batch_size), 0.0, 0)
+        assert r["linear_top1"] == pytest.approx(fast_probe(tr, tr_y, te, te_y, classes, fast)["top1"], abs=1e-9)
         assert r["peak_memory_mb"] == 123.0 and r["memory_kind"] == "CPU peak RSS"
         assert (Path(r["run_dir"]) / "checkpoints" / "last.pt").is_file()
     assert rows[2]["queue_size"] == 16  # capped at a quarter of the 64 images

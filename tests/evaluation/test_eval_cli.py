@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from sslkit.config import compose
 from tests.conftest import needs_fashion
+from tests.evaluation.offline import offline_knn, offline_protocol
 
 pytestmark = needs_fashion
-SUBSETS = ("eval.train_subset=1000", "eval.test_subset=200")
+SUBSETS = ("eval.train_subset=500", "eval.test_subset=500")  # the monitor's: one set of reference features
+PIXEL_SUBSETS = ("eval.train_subset=1000", "eval.test_subset=200")
 
 
 def summary_line(stdout: str) -> str:
@@ -20,7 +25,7 @@ def test_knn_writes_json_per_k_and_reuses_the_feature_cache(trained_run, cli):
     res = cli("eval", "knn", f"checkpoint={trained_run}", "eval.k=[10,20,200]", *SUBSETS)
     assert res.returncode == 0, res.stderr[-3000:]
     line = summary_line(res.stdout)
-    assert line.startswith("knn top1=") and "k=200" in line and "1000 train / 200 test" in line
+    assert line.startswith("knn top1=") and "k=200" in line and "500 train / 500 test" in line
     path = trained_run / "eval" / "knn.json"
     assert line.endswith(f"-> {path}")
     r = json.loads(path.read_text())
@@ -28,13 +33,16 @@ def test_knn_writes_json_per_k_and_reuses_the_feature_cache(trained_run, cli):
         assert f"k={k} {r['results'][str(k)]['top1']:.2f}%" in line
     # stdout/stderr are pipes here, not a TTY: progress comes as plain lines, one split at a time
     progress = [ln for ln in res.stderr.splitlines() if ln.startswith("features ")]
-    assert any(ln.startswith("features train: 0/1000 img") for ln in progress), res.stderr[-2000:]
-    assert any(ln.startswith("features train: 1000/1000 img") and "[done" in ln for ln in progress)
-    assert any(ln.startswith("features test: 200/200 img") and "img/s" in ln for ln in progress)
-    assert 0.0 <= r["top1"] <= 100.0 and r["top1"] <= r["top5"] <= 100.0
-    assert set(r["results"]) == {"10", "20", "200"} and r["results"]["200"]["top1"] == r["top1"]
+    assert any(ln.startswith("features train: 0/500 img") for ln in progress), res.stderr[-2000:]
+    assert any(ln.startswith("features train: 500/500 img") and "[done" in ln for ln in progress)
+    assert any(ln.startswith("features test: 500/500 img") and "img/s" in ln for ln in progress)
+    assert r["top1"] <= r["top5"] <= 100.0
+    temperature = float(compose([], extra=["eval=knn"]).eval.temperature)
+    expected = offline_knn(trained_run, 500, 500, [10, 20, 200], temperature)
+    assert r["results"] == {str(k): v for k, v in expected.items()}  # kNN computed here on the same features
+    assert r["results"]["200"]["top1"] == r["top1"]
     assert r["k"] == 200 and r["ks"] == [10, 20, 200] and r["temperature"] == 0.1
-    assert (r["train_size"], r["test_size"], r["train_subset"], r["test_subset"]) == (1000, 200, 1000, 200)
+    assert (r["train_size"], r["test_size"], r["train_subset"], r["test_subset"]) == (500, 500, 500, 500)
     assert r["checkpoint"].endswith("checkpoints/last.pt") and r["data"] == "fashion_mnist"
     assert r["feature_dim"] == 512 and r["seconds"] > 0
     assert r["cache"]["train_hit"] is False and r["cache"]["test_hit"] is False
@@ -57,14 +65,18 @@ def test_linear_fast_and_protocol(trained_run, cli):
     assert summary_line(res.stdout).startswith("linear fast top1=")
     r = json.loads((trained_run / "eval" / "linear.json").read_text())
     assert r["mode"] == "fast" and 10.0 < r["top1"] <= 100.0 and r["settings"]["epochs"] == 10
-    assert r["train_size"] == 1000 and r["test_size"] == 200
+    assert r["train_size"] == 500 and r["test_size"] == 500
 
-    res = cli("eval", "linear", f"checkpoint={trained_run}", "eval.mode=protocol", "eval.epochs=1",
-              "eval.train_subset=128", "eval.test_subset=200", "eval.batch_size=64")
+    protocol = ["eval.mode=protocol", "eval.epochs=1", "eval.train_subset=128", "eval.test_subset=500",
+                "eval.batch_size=64"]
+    res = cli("eval", "linear", f"checkpoint={trained_run}", *protocol)
     assert res.returncode == 0, res.stderr[-3000:]
     assert summary_line(res.stdout).startswith("linear protocol top1=")
     r = json.loads((trained_run / "eval" / "linear.json").read_text())
-    assert r["mode"] == "protocol" and 0.0 <= r["top1"] <= 100.0
+    assert r["mode"] == "protocol"
+    top1, top5, last_loss = offline_protocol(trained_run, protocol, 128, 500)  # the same protocol in-process
+    assert (r["top1"], r["top5"]) == pytest.approx((top1, top5), abs=1e-9)
+    assert r["last_epoch_loss"] == pytest.approx(last_loss, rel=1e-5)
     s = r["settings"]
     assert (s["lr"], s["momentum"], s["weight_decay"]) == (30.0, 0.9, 0.0)
     assert (s["milestones"], s["epochs"]) == ([60, 80], 1)
@@ -80,7 +92,7 @@ def test_missing_checkpoint_is_one_line_and_exit_2(cli):
 
 
 def test_pixel_baseline_needs_no_checkpoint(cli, tmp_path):
-    res = cli("eval", "knn", "eval.features=pixels", "eval.k=[20,200]", *SUBSETS, f"out={tmp_path}")
+    res = cli("eval", "knn", "eval.features=pixels", "eval.k=[20,200]", *PIXEL_SUBSETS, f"out={tmp_path}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert summary_line(res.stdout).startswith("knn pixels top1=")
     r = json.loads((tmp_path / "knn.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from sslkit.methods.mocov2 import MoCoV2
@@ -14,6 +15,15 @@ from tests.conftest import TinyEncoder
 
 HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 16}
 STEPS, TAU = 40, 0.2
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: a second thread only adds contention on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def views(x: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
