@@ -44,7 +44,46 @@ def _parser() -> argparse.ArgumentParser:
                        description="Write the backbone of checkpoint=<run dir or .pt> to out=<file> (default "
                        "<run dir>/backbone.pt) as a state_dict for torchvision/timm models.")
     x.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    c = sub.add_parser("checkpoint", help="checkpoint tools: upgrade an old-format checkpoint",
+                       description="Checkpoint tools.")
+    csub = c.add_subparsers(dest="action", metavar="ACTION")
+    u = csub.add_parser("upgrade", help="convert a checkpoint from an older sslkit format (unpickles it: trusted "
+                        "files only)", description="Convert an sslkit checkpoint written before format "
+                        "version 2 into the current format, which loads without unpickling. Reading the old "
+                        "file unpickles it and can run code: upgrade only files you trust. The old file is "
+                        "kept as FILE.v1.bak unless out= names another output file.")
+    u.add_argument("file", metavar="FILE")
+    u.add_argument("overrides", nargs="*", metavar="out=PATH")
     return p
+
+
+def cmd_checkpoint_upgrade(file: str, overrides: list[str]) -> int:
+    from sslkit.engine import checkpoint as ckpt
+    from sslkit.errors import CheckpointError
+
+    opts = _key_values(overrides, {"out"})
+    src = ckpt.resolve(file)
+    out = Path(opts["out"]) if opts.get("out") else src
+    if out != src and out.exists():
+        raise CheckpointError(f"out={out} exists; choose a new file")
+    print(f"sslkit: warning: unpickling {src} to convert it; this can run code from the file: upgrade only "
+          "checkpoints you trust", file=sys.stderr, flush=True)
+    if out == src:
+        backup = src.with_name(src.name + ".v1.bak")
+        if backup.exists():
+            raise CheckpointError(f"{backup} exists; move it away or pass out=<new file>")
+        import shutil
+
+        shutil.copy2(src, backup)
+    version = ckpt.upgrade(src, out)
+    if version == ckpt.VERSION:
+        if out == src:
+            backup.unlink()
+        print(f"{src} is already format {ckpt.VERSION}; nothing to do")
+    else:
+        print(f"upgraded {src} from format {version} to {ckpt.VERSION}: {out}"
+              + (f" (the old file is {src.name}.v1.bak)" if out == src else ""))
+    return 0
 
 
 def _check_overrides(overrides: Sequence[str]) -> None:
@@ -156,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_demo(overrides)
             return 0
+        if args.command == "checkpoint":
+            if args.action != "upgrade":
+                parser._subparsers._group_actions[0].choices["checkpoint"].print_help()  # type: ignore[union-attr]
+                return 2
+            return cmd_checkpoint_upgrade(args.file, overrides)
         return cmd_export(overrides)
     except UserError as exc:
         print(f"sslkit: error: {one_line(exc)}", file=sys.stderr)

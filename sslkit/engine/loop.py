@@ -76,11 +76,11 @@ def save_checkpoint(run_dir: Path, method: ContrastiveMethod, optimizer: Optimiz
                     scaler: torch.amp.GradScaler | None, state: TrainState, extra: dict[str, Any]) -> Path:
     path = run_dir / ckpt.LAST
     ckpt.save_atomic({
-        "format": ckpt.FORMAT, "version": 1, **extra,
+        "format": ckpt.FORMAT, "version": ckpt.VERSION, **extra,
         "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": ckpt.rng_state(), "state": asdict(state),
-    }, path)
+    }, path, keep_previous=run_dir / ckpt.PREV)
     return path
 
 
