@@ -31,10 +31,15 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
         torch.set_num_threads(int(ctx.cfg.trainer.threads))
     result = run_knn(ctx) if name == "knn" else run_linear(ctx)
     result["seconds"] = round(time.perf_counter() - start, 3)
-    path = ctx.out_dir / f"{name}.json"
+    path = ctx.out_dir / result_name(name, ctx.cfg)
     result["summary"] = summary(name, result, path)
     write_json(result, path)
     return result
+
+
+def result_name(name: str, cfg: Any) -> str:
+    """knn.json; each linear probe mode has its own file (linear_fast.json, linear_protocol.json)."""
+    return f"linear_{cfg.eval.mode}.json" if name == "linear" else f"{name}.json"
 
 
 def write_json(record: dict[str, Any], path: Path) -> Path:

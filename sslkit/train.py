@@ -24,6 +24,7 @@ from sslkit.engine.distributed import World, init_world, shutdown
 from sslkit.engine.logger import NullLogger, RunLogger
 from sslkit.engine.loop import LoopSettings, TrainState, fit, restore
 from sslkit.engine.optim import build_optimizer
+from sslkit.engine.outputs import claim_run_dir
 from sslkit.engine.schedule import build_scheduler
 from sslkit.errors import ConfigError
 from sslkit.export import export_backbone
@@ -39,6 +40,8 @@ def new_run_dir(cfg: DictConfig, world: World) -> Path:
     """`out=` or runs/<time>_<method>_<backbone>; the same path on every rank."""
     if cfg.out:
         path = Path(str(cfg.out))
+        if world.is_main:
+            claim_run_dir(path, bool(cfg.trainer.get("overwrite", False)))
     else:
         backbone = cfg.backbone.timm_name if cfg.backbone.name == "timm" else cfg.backbone.name
         method = str(cfg.method.name).replace(":", ".").split(".")[-1]
@@ -100,7 +103,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
                           num_workers=int(cfg.data.num_workers))
     spe = steps_per_epoch(len(dataset), batch, world.size)
     total = spe * int(cfg.trainer.epochs)
-    if cfg.trainer.max_steps:
+    if cfg.trainer.max_steps is not None:
         total = min(total, int(cfg.trainer.max_steps))
     if total <= 0:
         raise ConfigError(f"nothing to train: trainer.epochs={cfg.trainer.epochs}, "
@@ -120,6 +123,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
         seed_everything(int(cfg.seed) + 1000 * world.rank + 1)  # different augmentations per rank
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.check_free_space(run_dir, checkpoint_bytes(method))
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     logger = RunLogger(run_dir, total, state.step, str(cfg.trainer.progress)) if world.is_main else NullLogger()
     logger.message(f"sslkit: {cfg.method.name} on {cfg.data.name} ({len(dataset)} images), {world.size} x "
@@ -128,7 +132,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
                             log_every=int(cfg.trainer.log_every_steps),
                             checkpoint_every=int(cfg.trainer.checkpoint_every_steps),
                             precision=str(cfg.trainer.precision), channels_last=bool(cfg.trainer.channels_last))
-    start = time.time()
+    start, start_step = time.time(), state.step
     try:
         state = fit(method, loader, make_views, optimizer, scheduler, world, settings, run_dir, logger, state, scaler,
                     {"config": to_yaml(cfg)}, _monitor_hooks(cfg, world))
@@ -140,8 +144,20 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
             from sslkit.evaluation.plots import plot_training
 
             plot_training(run_dir)
-        print(f"trained {state.step} steps in {time.time() - start:.0f}s; run dir: {run_dir}", flush=True)
+        done = state.step - start_step
+        what = (f"trained {done} steps (now at step {state.step})" if start_step else f"trained {done} steps")
+        if done == 0:
+            what = f"nothing to train: the run already ended at step {state.step}"
+        print(f"{what} in {time.time() - start:.0f}s; run dir: {run_dir}", flush=True)
     return run_dir
+
+
+def checkpoint_bytes(method: nn.Module) -> int:
+    """Disk a run needs for checkpoints: last.pt, prev.pt and the one being written (each about the
+    method's state plus one optimizer buffer per trainable parameter), and backbone.pt."""
+    state = ckpt.tensor_bytes(dict(method.state_dict()))
+    trainable = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    return 3 * (state + trainable) + ckpt.tensor_bytes(dict(method.encoder().state_dict()))
 
 
 def resume_config(checkpoint: dict[str, Any]) -> DictConfig:

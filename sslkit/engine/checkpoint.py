@@ -131,7 +131,8 @@ def _read(file: Path) -> dict[str, Any]:
                 f"refusing to load {file}: it holds Python objects other than tensors (loading it could run "
                 f"code); if it is an sslkit checkpoint from before format {VERSION} that you trust, convert it "
                 f"with `sslkit checkpoint upgrade {file}`") from None
-        raise CheckpointError(f"cannot read checkpoint {file}: {text.strip().splitlines()[0] if text.strip() else type(exc).__name__}") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {file}: {first}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not an sslkit checkpoint (use `sslkit export` files with torchvision/timm)")
     if ckpt.get("version") != VERSION:

@@ -48,7 +48,9 @@ def test_linear_fast_and_protocol(trained_run, cli):
     res = cli("eval", "linear", f"checkpoint={trained_run}", *SUBSETS, "eval.fast_epochs=10")
     assert res.returncode == 0, res.stderr[-3000:]
     assert summary_line(res.stdout).startswith("linear fast top1=")
-    r = json.loads((trained_run / "eval" / "linear.json").read_text())
+    fast_file = trained_run / "eval" / "linear_fast.json"
+    r = json.loads(fast_file.read_text())
+    fast_text = fast_file.read_text()
     assert r["mode"] == "fast" and 10.0 < r["top1"] <= 100.0 and r["settings"]["epochs"] == 10
     assert r["train_size"] == 1000 and r["test_size"] == 200
 
@@ -56,7 +58,8 @@ def test_linear_fast_and_protocol(trained_run, cli):
               "eval.train_subset=128", "eval.test_subset=200", "eval.batch_size=64")
     assert res.returncode == 0, res.stderr[-3000:]
     assert summary_line(res.stdout).startswith("linear protocol top1=")
-    r = json.loads((trained_run / "eval" / "linear.json").read_text())
+    r = json.loads((trained_run / "eval" / "linear_protocol.json").read_text())
+    assert fast_file.read_text() == fast_text  # each mode writes its own file
     assert r["mode"] == "protocol" and 0.0 <= r["top1"] <= 100.0
     s = r["settings"]
     assert (s["lr"], s["momentum"], s["weight_decay"]) == (30.0, 0.9, 0.0)
