@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_transform, resolve_backend
 from sslkit.build import build_method
 from sslkit.config import as_dict, to_yaml
-from sslkit.data import build_dataset
+from sslkit.data import bad_count, build_dataset
 from sslkit.data.loader import steps_per_epoch, train_loader
 from sslkit.engine import checkpoint as ckpt
 from sslkit.engine.distributed import World, init_world, shutdown
@@ -148,7 +148,9 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
         what = (f"trained {done} steps (now at step {state.step})" if start_step else f"trained {done} steps")
         if done == 0:
             what = f"nothing to train: the run already ended at step {state.step}"
-        print(f"{what} in {time.time() - start:.0f}s; run dir: {run_dir}", flush=True)
+        bad = bad_count(dataset)
+        skipped = f"; skipped {bad} unreadable image{'s' if bad != 1 else ''} (warned above)" if bad else ""
+        print(f"{what} in {time.time() - start:.0f}s{skipped}; run dir: {run_dir}", flush=True)
     return run_dir
 
 

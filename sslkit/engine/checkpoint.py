@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -126,13 +127,16 @@ def _read(file: Path) -> dict[str, Any]:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign, or a pickle that wants to run code
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text)
+        if found:
             raise CheckpointError(
-                f"refusing to load {file}: it holds Python objects other than tensors (loading it could run "
-                f"code); if it is an sslkit checkpoint from before format {VERSION} that you trust, convert it "
-                f"with `sslkit checkpoint upgrade {file}`") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {file}: {first}") from None
+                f"refusing to load {file}: it asks to run {found.group(1) or found.group(2)} (a file with Python "
+                f"objects other than tensors could run code); if it is an sslkit checkpoint from before format "
+                f"{VERSION} that you trust, convert it with `sslkit checkpoint upgrade {file}`") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")),
+                      lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(f"cannot read checkpoint {file}: not a torch file, or truncated ({detail})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not an sslkit checkpoint (use `sslkit export` files with torchvision/timm)")
     if ckpt.get("version") != VERSION:
