@@ -128,13 +128,14 @@ class ImageFolderDataset(Dataset):
             try:
                 return decode(self.path(i)), i
             except DataError as exc:
-                if not self._bad[i]:
-                    self._bad[i] = 1
-                    print(f"sslkit: warning: skipping unreadable image: {exc}", file=sys.stderr, flush=True)
+                first = not self._bad[i]
+                self._bad[i] = 1
                 count = self.bad_count()
                 if count > self.max_bad_fraction * n:
                     raise DataError(f"{exc} ({count} of {n} images unreadable, more than "
                                     f"data.max_bad_fraction={self.max_bad_fraction:g})") from None
+                if first:
+                    print(f"sslkit: warning: skipping unreadable image: {exc}", file=sys.stderr, flush=True)
         raise DataError(f"none of the {n} images under data.root can be decoded")
 
     def bad_count(self) -> int:
