@@ -74,3 +74,32 @@ def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, straight
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1])
 def test_sigint_and_sigusr1_stop_and_resume_exactly(tmp_path, straight, signum):
     _check_stop_and_resume(tmp_path, straight, signum)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_with_dataloader_workers(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group; the DataLoader workers ignore it, so the
+    main process still stops cleanly at a step boundary."""
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / "train" / cls).mkdir(parents=True)
+        for i in range(16):
+            Image.new("RGB", (40, 40), (10 * i, 0, 0)).save(tmp_path / "imgs" / "train" / cls / f"{i}.png")
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    root = tmp_path / "imgs"
+    proc = subprocess.Popen([sys.executable, "-m", "sslkit", "train", "data=imagefolder", f"data.root={root}",
+                             "data.image_size=32", "data.batch_size=8", "data.num_workers=2", "method.queue_size=16",
+                             "head.hidden_dim=32", "trainer.epochs=50", "trainer.progress=lines",
+                             "trainer.log_every_steps=1", f"out={out}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("step 3/"):
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("sslkit: stopped: stopped by SIGINT after step "), stderr
+    assert "Traceback" not in stderr and ckpt.load(out)["state"]["step"] >= 3
