@@ -55,9 +55,10 @@ def train_loader(dataset: Dataset, global_batch: int, *, world: int = 1, rank: i
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore SIGINT/SIGTERM/SIGUSR1 (a terminal's Ctrl-C or a scheduler's signal to
-    the whole process group): the main process stops at a step boundary and then ends its workers."""
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    """DataLoader workers ignore SIGINT and SIGUSR1 (a terminal's Ctrl-C reaches the whole process
+    group): the main process stops at a step boundary and then ends its workers. SIGTERM keeps its
+    default action: multiprocessing ends worker processes with it."""
+    for s in (signal.SIGINT, signal.SIGUSR1):
         signal.signal(s, signal.SIG_IGN)
 
 
