@@ -28,7 +28,7 @@ def test_sigterm_under_torchrun_resumes_exactly(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
 
     out = tmp_path / "stopped"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")  # as run_cli: same float reductions
     proc = subprocess.Popen([sys.executable, "-m", "sslkit", "train", *BASE, f"out={out}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
