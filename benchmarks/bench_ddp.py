@@ -129,7 +129,7 @@ def collectives(per_rank: int, reps: int) -> list[tuple[str, str, float]]:
         result = str(Path(tmp) / "rows.pt")
         os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         mp.spawn(_collectives_worker, args=(2, free_port(), per_rank, reps, result), nprocs=2, join=True)
-        return torch.load(result, weights_only=False)
+        return torch.load(result, weights_only=True)
 
 
 def main() -> None:

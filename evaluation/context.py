@@ -98,14 +98,32 @@ def eval_config(name: str, overrides: list[str], trained: TrainedBackbone | None
                 OmegaConf.update(data, key[len("data."):], OmegaConf.select(cfg, key), force_add=True)
         OmegaConf.set_struct(cfg, False)
         cfg.data = data
+    if trained is not None:
+        _check_backbone(keys, cfg, trained)
+        OmegaConf.set_struct(cfg, False)
         cfg.backbone = trained.config.backbone
     return cfg
+
+
+def _check_backbone(keys: list[tuple[str, bool]], cfg: DictConfig, trained: TrainedBackbone) -> None:
+    """A backbone given on the command line must be the checkpoint's own: an evaluation cannot change it."""
+    if not any(k == "backbone" or k.startswith("backbone.") for k, _ in keys):
+        return
+    given, saved = as_dict(cfg.backbone), as_dict(trained.config.backbone)
+    differ = sorted(k for k in set(given) | set(saved) if given.get(k) != saved.get(k))
+    if differ:
+        k = differ[0]
+        raise ConfigError(f"the checkpoint's backbone is {trained.name}, but the command line sets backbone.{k}="
+                          f"{given.get(k)} (it has {saved.get(k)}); an evaluation uses the checkpoint's backbone: "
+                          "drop the backbone override")
 
 
 def output_dir(cfg: DictConfig, name: str, checkpoint: Path | None) -> Path:
     """`out=`, else `<run dir>/eval` (beside a checkpoint outside a run dir), else runs/<time>_<name>."""
     if cfg.get("out"):
-        return Path(str(cfg.out))
+        from sslkit.engine.outputs import writable_dir
+
+        return writable_dir(Path(str(cfg.out)))
     if checkpoint is not None:
         return ckpt_io.run_dir_of(checkpoint) / "eval"
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"

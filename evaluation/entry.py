@@ -34,7 +34,7 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
     ctx.data["num_workers"] = split.workers  # feature extraction and the linear probe's loader
     result = _runner(name)(ctx)
     result["seconds"] = round(time.perf_counter() - start, 3)
-    path = ctx.out_dir / f"{name}.json"
+    path = ctx.out_dir / result_name(name, ctx.cfg)
     result["summary"] = summary(name, result, path)
     write_json(result, path)
     return result
@@ -50,6 +50,11 @@ def _runner(name: str) -> Callable[[EvalContext], dict[str, Any]]:
 
         return run_embedding
     return run_knn if name == "knn" else run_linear
+
+
+def result_name(name: str, cfg: Any) -> str:
+    """knn.json; each linear probe mode has its own file (linear_fast.json, linear_protocol.json)."""
+    return f"linear_{cfg.eval.mode}.json" if name == "linear" else f"{name}.json"
 
 
 def write_json(record: dict[str, Any], path: Path) -> Path:

@@ -48,13 +48,13 @@ class ContrastiveMethod(nn.Module, ABC):
     #: gradients across ranks by hand instead of wrapping the method in DistributedDataParallel.
     custom_backward: bool = False
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, head: Mapping[str, Any] | None = None,
-                 **params: Any) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, head: Mapping[str, Any] | None = None) -> None:
+        """A subclass declares its own parameters as keyword arguments of its `__init__`: they are the
+        `method.*` keys it accepts, and any other key is a one-line error (sslkit.build)."""
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.head_cfg = dict(head or {"kind": "mlp"})
-        self.params = params
         self._backward: Callable[[Tensor], None] = Tensor.backward
 
     def build_head(self) -> nn.Sequential:

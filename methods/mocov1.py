@@ -35,14 +35,16 @@ class MoCoV1(ContrastiveMethod):
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float = 0.07,
                  queue_size: int = 65536, momentum: float = 0.999, momentum_schedule: str = "constant",
                  symmetric: bool = False, symmetric_reduction: str = "sum", shuffle_bn: str = "auto",
-                 split_bn_groups: int = 8, **params: Any) -> None:
-        super().__init__(backbone, feature_dim, head, **params)
+                 split_bn_groups: int = 8) -> None:
+        super().__init__(backbone, feature_dim, head)
         if symmetric_reduction not in REDUCTIONS:
             raise ConfigError(f"method.symmetric_reduction='{symmetric_reduction}' is invalid; valid: sum, mean")
         if shuffle_bn not in SHUFFLE_BN:
             raise ConfigError(f"method.shuffle_bn='{shuffle_bn}' is invalid; valid: {', '.join(SHUFFLE_BN)}")
         if not 0.0 <= momentum <= 1.0:
             raise ConfigError(f"method.momentum must be in [0, 1], got {momentum}")
+        if queue_size <= 0:
+            raise ConfigError(f"method.queue_size must be a positive number of keys, got {queue_size}")
         if temperature <= 0:
             raise ConfigError(f"method.temperature must be > 0, got {temperature}")
         if queue_size < 1:

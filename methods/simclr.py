@@ -37,8 +37,8 @@ class SimCLR(ContrastiveMethod):
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float = 0.1,
-                 gather_distributed: bool = True, chunk_size: int | None = None, **params: Any) -> None:
-        super().__init__(backbone, feature_dim, head, **params)
+                 gather_distributed: bool = True, chunk_size: int | None = None) -> None:
+        super().__init__(backbone, feature_dim, head)
         if temperature <= 0:
             raise ConfigError(f"method.temperature must be > 0, got {temperature}")
         if chunk_size is not None and chunk_size < 1:

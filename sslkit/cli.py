@@ -1,6 +1,8 @@
 """The `sslkit` command: train, eval {knn,linear,batch-compare}, study {table1,table2}, methods, export.
 
-User errors become one line on stderr and exit code 2; an interrupt exits with 130.
+User errors become one line on stderr and exit code 2. Training stopped by SIGINT, SIGTERM or SIGUSR1
+checkpoints at a step boundary and exits with 128 + the signal number (130, 143, 138); see
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -55,7 +57,46 @@ def _parser() -> argparse.ArgumentParser:
                        description="Write the backbone of checkpoint=<run dir or .pt> to out=<file> (default "
                        "<run dir>/backbone.pt) as a state_dict for torchvision/timm models.")
     x.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    c = sub.add_parser("checkpoint", help="checkpoint tools: upgrade an old-format checkpoint",
+                       description="Checkpoint tools.")
+    csub = c.add_subparsers(dest="action", metavar="ACTION")
+    u = csub.add_parser("upgrade", help="convert a checkpoint from an older sslkit format (unpickles it: trusted "
+                        "files only)", description="Convert an sslkit checkpoint written before format "
+                        "version 2 into the current format, which loads without unpickling. Reading the old "
+                        "file unpickles it and can run code: upgrade only files you trust. The old file is "
+                        "kept as FILE.v1.bak unless out= names another output file.")
+    u.add_argument("file", metavar="FILE")
+    u.add_argument("overrides", nargs="*", metavar="out=PATH")
     return p
+
+
+def cmd_checkpoint_upgrade(file: str, overrides: list[str]) -> int:
+    from sslkit.engine import checkpoint as ckpt
+    from sslkit.errors import CheckpointError
+
+    opts = _key_values(overrides, {"out"})
+    src = ckpt.resolve(file)
+    out = Path(opts["out"]) if opts.get("out") else src
+    if out != src and out.exists():
+        raise CheckpointError(f"out={out} exists; choose a new file")
+    print(f"sslkit: warning: unpickling {src} to convert it; this can run code from the file: upgrade only "
+          "checkpoints you trust", file=sys.stderr, flush=True)
+    if out == src:
+        backup = src.with_name(src.name + ".v1.bak")
+        if backup.exists():
+            raise CheckpointError(f"{backup} exists; move it away or pass out=<new file>")
+        import shutil
+
+        shutil.copy2(src, backup)
+    version = ckpt.upgrade(src, out)
+    if version == ckpt.VERSION:
+        if out == src:
+            backup.unlink()
+        print(f"{src} is already format {ckpt.VERSION}; nothing to do")
+    else:
+        print(f"upgraded {src} from format {version} to {ckpt.VERSION}: {out}"
+              + (f" (the old file is {src.name}.v1.bak)" if out == src else ""))
+    return 0
 
 
 def _check_overrides(overrides: Sequence[str]) -> None:
@@ -75,7 +116,7 @@ def _key_values(overrides: Sequence[str], allowed: set[str]) -> dict[str, str]:
 
 
 def cmd_train(overrides: list[str]) -> int:
-    from sslkit.config import compose
+    from sslkit.config import compose, warn_unused
 
     resume = next((o.partition("=")[2] for o in overrides if o.startswith("trainer.resume=")), None)
     if resume and resume != "null":
@@ -83,6 +124,9 @@ def cmd_train(overrides: list[str]) -> int:
     else:
         cfg, ckpt = compose(overrides), None
     devices = int(cfg.trainer.devices)
+    if "WORLD_SIZE" not in os.environ:  # checks that must not wait for torchrun's workers
+        warn_unused("train", overrides)
+        _check_launch(cfg, devices, resumed=ckpt is not None)
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         from sslkit.engine.distributed import launch_torchrun
 
@@ -91,6 +135,21 @@ def cmd_train(overrides: list[str]) -> int:
 
     train(cfg, ckpt)
     return 0
+
+
+def _check_launch(cfg: Any, devices: int, resumed: bool) -> None:
+    """Device, batch and out= checks, before torchrun starts any worker."""
+    from sslkit.engine.outputs import claim_run_dir
+
+    spec = str(cfg.device)
+    if devices > 1 and spec.startswith("cuda:"):
+        raise ConfigError(f"device={spec} puts all {devices} processes on one GPU; with trainer.devices={devices} "
+                          "use device=auto or device=cuda (rank i uses GPU i)")
+    batch = int(cfg.data.batch_size)
+    if devices > 1 and batch % devices:
+        raise ConfigError(f"data.batch_size={batch} must be divisible by trainer.devices={devices}")
+    if cfg.out and not resumed:
+        claim_run_dir(Path(str(cfg.out)), bool(cfg.trainer.get("overwrite", False)))
 
 
 def _resume_config(resume: str, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
@@ -107,17 +166,25 @@ def _resume_config(resume: str, overrides: list[str]) -> tuple[Any, dict[str, An
         key, _, value = o.partition("=")
         if key in GROUPS:
             raise ConfigError(f"'{o}': config groups cannot change when resuming; start a new run instead")
-        if key not in valid:
-            raise ConfigError(f"unknown config key '{key}'")
-        OmegaConf.update(cfg, key, OmegaConf.create({"v": value})["v"] if value else None)
+        if key not in valid and key != "trainer.overwrite":
+            from sslkit.errors import closest
+
+            best = closest(key, valid)
+            raise ConfigError(f"unknown config key '{key}'" + (f"; did you mean '{best}'?" if best else ""))
+        OmegaConf.update(cfg, key, OmegaConf.create({"v": value})["v"] if value else None, force_add=True)
     cfg.out = str(run_dir)
     cfg.trainer.resume = str(resume)
+    from sslkit.config import check_values
+
+    check_values(cfg)
     return cfg, ckpt
 
 
 def cmd_eval(name: str, overrides: list[str]) -> int:
+    from sslkit.config import warn_unused
     from sslkit.evaluation.entry import run_evaluation
 
+    warn_unused("eval", overrides)
     result = run_evaluation(name.replace("-", "_"), overrides)
     print(result["summary"], flush=True)
     return 0
@@ -134,6 +201,7 @@ def cmd_methods() -> int:
 
 def cmd_export(overrides: list[str]) -> int:
     from sslkit.build import backbone_from_state
+    from sslkit.engine.outputs import new_file
     from sslkit.export import export_backbone
     from sslkit.train import load_checkpoint, resume_config
 
@@ -141,8 +209,11 @@ def cmd_export(overrides: list[str]) -> int:
     if not opts.get("checkpoint"):
         raise ConfigError("export needs checkpoint=<run dir or checkpoint .pt>")
     ckpt, run_dir = load_checkpoint(opts["checkpoint"])
+    out = Path(opts["out"]) if opts.get("out") else run_dir / "backbone.pt"
+    if opts.get("out"):  # the default <run dir>/backbone.pt is the run's own export; anything else must be new
+        new_file(out)
     backbone = backbone_from_state(resume_config(ckpt), ckpt["method"])
-    path = export_backbone(backbone, Path(opts.get("out") or run_dir / "backbone.pt"))
+    path = export_backbone(backbone, out)
     print(f"exported backbone ({sum(p.numel() for p in backbone.parameters())} parameters) to {path}")
     return 0
 
@@ -176,13 +247,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sslkit.evaluation.report import cmd_report
 
             return cmd_report(_key_values(overrides, {"checkpoint", "out"}))
+        if args.command == "checkpoint":
+            if args.action != "upgrade":
+                parser._subparsers._group_actions[0].choices["checkpoint"].print_help()  # type: ignore[union-attr]
+                return 2
+            return cmd_checkpoint_upgrade(args.file, overrides)
         return cmd_export(overrides)
     except UserError as exc:
-        print(f"sslkit: error: {one_line(exc)}", file=sys.stderr)
+        from sslkit.engine.signals import Interrupted
+
+        kind = "stopped" if isinstance(exc, Interrupted) else "error"
+        print(f"sslkit: {kind}: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("sslkit: interrupted; the last checkpoint is in the run directory (resume with "
-              "trainer.resume=<run dir>)", file=sys.stderr)
+    except KeyboardInterrupt:  # before or after training (inside it, the loop stops at a step boundary)
+        print("sslkit: interrupted; nothing new was saved by this command", file=sys.stderr)
         return 130
 
 

@@ -71,18 +71,30 @@ def _rewrite(overrides: list[str]) -> tuple[list[str], list[str]]:
     return groups, keys
 
 
-def _check_keys(cfg: DictConfig, keys: list[str]) -> None:
+def _check_keys(cfg: DictConfig, keys: list[str]) -> list[str]:
+    """Every key must exist in the composed config. `method.*` keys are the exception: they are
+    checked against the method's constructor (sslkit.build.check_method_params), so they are
+    returned rewritten as Hydra additions (`+method.x=v`) when the method's YAML lacks them."""
     valid = leaf_keys(cfg)
-    for ov in OverridesParser.create().parse_overrides(keys):
+    out = []
+    for text, ov in zip(keys, OverridesParser.create().parse_overrides(keys), strict=True):
         key = ov.key_or_group
-        if ov.is_add() or ov.is_force_add() or key in valid:
+        if key in valid or ov.is_delete():
+            out.append(text)
+            continue
+        if key.startswith("method.") and key.count(".") == 1:
+            out.append(text if ov.is_add() or ov.is_force_add() else "+" + text)
             continue
         top = key.split(".")[0]
-        best = closest(key, valid)
+        parent, _, leaf = key.rpartition(".")
+        siblings = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == parent]
+        best_leaf = closest(leaf, siblings) if parent else None
+        best = f"{parent}.{best_leaf}" if best_leaf else (None if siblings else closest(key, valid))
         hint = f"did you mean '{best}'?" if best else (
             f"valid keys under '{top}': {', '.join(k for k in valid if k.startswith(top + '.'))}"
             if top in cfg else f"valid top-level keys: {', '.join(str(k) for k in cfg.keys())}")
-        raise ConfigError(f"unknown config key '{key}'; {hint} (add a new key with +{key}=...)")
+        raise ConfigError(f"unknown config key '{key}'; {hint}")
+    return out
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
@@ -116,7 +128,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), extra: list[str] | None
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             base = hydra_compose("config", overrides=groups)
-            _check_keys(base, keys)
+            keys = _check_keys(base, keys)
             cfg = hydra_compose("config", overrides=groups + keys)
             _check_types(base, cfg)
         OmegaConf.resolve(cfg)
@@ -126,7 +138,77 @@ def compose(overrides: list[str] | tuple[str, ...] = (), extra: list[str] | None
         GlobalHydra.instance().clear()
     if cfg.method.get("name") is None:
         raise ConfigError("method=custom needs method.name=<registered name or package.module:Class>")
+    from sslkit.build import check_method_params
+
+    check_method_params(cfg)
+    check_values(cfg)
     return cfg
+
+
+PRECISIONS = ("auto", "32", "bf16", "fp16")
+PROGRESS = ("auto", "bar", "lines", "none")
+
+
+def _bad(key: str, value: Any, need: str) -> ConfigError:
+    return ConfigError(f"{key}={value} is invalid: {need}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Values that type-check but mean nothing (or something surprising) are one-line errors."""
+    def get(key: str) -> Any:
+        return OmegaConf.select(cfg, key, default=None)
+
+    t = cfg.get("trainer")
+    if t is not None:
+        if get("trainer.max_steps") is not None and int(get("trainer.max_steps")) < 1:
+            raise _bad("trainer.max_steps", get("trainer.max_steps"), "must be >= 1 (null: no step limit)")
+        for key in ("trainer.epochs", "trainer.devices", "trainer.log_every_steps"):
+            if get(key) is not None and int(get(key)) < 1:
+                raise _bad(key, get(key), "must be >= 1")
+        if get("trainer.checkpoint_every_steps") is not None and int(get("trainer.checkpoint_every_steps")) < 0:
+            raise _bad("trainer.checkpoint_every_steps", get("trainer.checkpoint_every_steps"),
+                       "must be >= 0 (0: only at epoch ends)")
+        if get("trainer.threads") is not None and int(get("trainer.threads")) < 1:
+            raise _bad("trainer.threads", get("trainer.threads"), "must be >= 1 (null: torch's default)")
+        if get("trainer.precision") is not None and str(get("trainer.precision")) not in PRECISIONS:
+            raise _bad("trainer.precision", get("trainer.precision"), f"valid: {', '.join(PRECISIONS)}")
+        if get("trainer.progress") is not None and str(get("trainer.progress")) not in PROGRESS:
+            raise _bad("trainer.progress", get("trainer.progress"), f"valid: {', '.join(PROGRESS)}")
+    positive = ("optim.lr", "eval.temperature", "method.queue_size", "method.temperature", "data.batch_size")
+    for key in positive:
+        value = get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            raise _bad(key, value, "must be > 0")
+    if isinstance(get("data.num_workers"), int) and get("data.num_workers") < 0:
+        raise _bad("data.num_workers", get("data.num_workers"), "must be >= 0 (0: load in the main process)")
+    frac = get("data.max_bad_fraction")
+    if isinstance(frac, int | float) and not 0 <= frac <= 1:
+        raise _bad("data.max_bad_fraction", frac, "must be in [0, 1]")
+
+
+# Keys each command reads; a key given on the command line outside these prefixes is ignored by it.
+UNUSED_BY = {
+    "train": ("eval.", "eval=", "checkpoint="),
+    "eval": ("method.", "method=", "optim.", "optim=", "aug.", "aug=", "head.", "head=", "trainer.epochs",
+             "trainer.max_steps", "trainer.resume", "trainer.devices", "trainer.precision",
+             "trainer.channels_last", "trainer.sync_bn", "trainer.log_every_steps",
+             "trainer.checkpoint_every_steps", "trainer.monitor", "trainer.overwrite", "trainer.progress"),
+}
+
+
+def unused_keys(command: str, overrides: list[str]) -> list[str]:
+    """The overrides that `command` (train | eval) does not read."""
+    prefixes = UNUSED_BY.get(command, ())
+    return [o for o in overrides if o.lstrip("+~").startswith(prefixes)]
+
+
+def warn_unused(command: str, overrides: list[str]) -> None:
+    """One warning line on stderr for each override the command ignores."""
+    import sys
+
+    for o in unused_keys(command, overrides):
+        key = o.lstrip("+~").split("=")[0]
+        print(f"sslkit: warning: {key} is not used by `sslkit {command}`; ignored", file=sys.stderr, flush=True)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_transform, resolve_backend
 from sslkit.build import build_method
 from sslkit.config import as_dict, to_yaml
-from sslkit.data import build_dataset
+from sslkit.data import bad_count, build_dataset
 from sslkit.data.loader import steps_per_epoch, train_loader
 from sslkit.engine import budget as time_budget
 from sslkit.engine import checkpoint as ckpt
@@ -27,6 +27,7 @@ from sslkit.engine.hardware import fit_to_machine
 from sslkit.engine.logger import NullLogger, RunLogger
 from sslkit.engine.loop import LoopSettings, TrainState, fit, restore
 from sslkit.engine.optim import build_optimizer
+from sslkit.engine.outputs import claim_run_dir
 from sslkit.engine.schedule import build_scheduler
 from sslkit.errors import ConfigError
 from sslkit.export import export_backbone
@@ -42,6 +43,8 @@ def new_run_dir(cfg: DictConfig, world: World) -> Path:
     """`out=` or runs/<time>_<method>_<backbone>; the same path on every rank."""
     if cfg.out:
         path = Path(str(cfg.out))
+        if world.is_main:
+            claim_run_dir(path, bool(cfg.trainer.get("overwrite", False)))
     else:
         backbone = cfg.backbone.timm_name if cfg.backbone.name == "timm" else cfg.backbone.name
         method = str(cfg.method.name).replace(":", ".").split(".")[-1]
@@ -110,7 +113,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
                           num_workers=machine.workers)
     spe = steps_per_epoch(len(dataset), batch, world.size)
     total = spe * int(cfg.trainer.epochs)
-    if cfg.trainer.max_steps:
+    if cfg.trainer.max_steps is not None:
         total = min(total, int(cfg.trainer.max_steps))
     if total <= 0:
         raise ConfigError(f"nothing to train: trainer.epochs={cfg.trainer.epochs}, "
@@ -147,6 +150,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
         seed_everything(int(cfg.seed) + 1000 * world.rank + 1)  # different augmentations per rank
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.check_free_space(run_dir, checkpoint_bytes(method))
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     logger = RunLogger(run_dir, total, state.step, str(cfg.trainer.progress)) if world.is_main else NullLogger()
     logger.message(f"sslkit: {cfg.method.name} on {cfg.data.name} ({len(dataset)} images), {world.size} x "
@@ -154,7 +158,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
                    f"run dir {run_dir}")
     if machine.warning:
         logger.message(machine.warning)
-    start = time.time()
+    start, start_step = time.time(), state.step
     try:
         state = fit(method, loader, make_views, optimizer, scheduler, world, settings, run_dir, logger, state, scaler,
                     {"config": to_yaml(cfg)}, _monitor_hooks(cfg, world), _plot_callback(run_dir, world))
@@ -163,8 +167,22 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
     if world.is_main:
         export_backbone(method.encoder(), run_dir / "backbone.pt")
         _plot_callback(run_dir, world)()  # training.png for every run
-        print(f"trained {state.step} steps in {time.time() - start:.0f}s; run dir: {run_dir}", flush=True)
+        done = state.step - start_step
+        what = (f"trained {done} steps (now at step {state.step})" if start_step else f"trained {done} steps")
+        if done == 0:
+            what = f"nothing to train: the run already ended at step {state.step}"
+        bad = bad_count(dataset)
+        skipped = f"; skipped {bad} unreadable image{'s' if bad != 1 else ''} (warned above)" if bad else ""
+        print(f"{what} in {time.time() - start:.0f}s{skipped}; run dir: {run_dir}", flush=True)
     return run_dir
+
+
+def checkpoint_bytes(method: nn.Module) -> int:
+    """Disk a run needs for checkpoints: last.pt, prev.pt and the one being written (each about the
+    method's state plus one optimizer buffer per trainable parameter), and backbone.pt."""
+    state = ckpt.tensor_bytes(dict(method.state_dict()))
+    trainable = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    return 3 * (state + trainable) + ckpt.tensor_bytes(dict(method.encoder().state_dict()))
 
 
 def resume_config(checkpoint: dict[str, Any]) -> DictConfig:

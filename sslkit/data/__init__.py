@@ -52,7 +52,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None)
     elif name == "imagefolder":
         from sslkit.data.imagefolder import load_imagefolder
 
-        ds = load_imagefolder(cfg.get("root"), split, int(cfg["image_size"]))
+        ds = load_imagefolder(cfg.get("root"), split, int(cfg["image_size"]),
+                              float(cfg.get("max_bad_fraction", 0.01)))
     else:
         raise ConfigError(f"unknown dataset '{name}'; {suggestion(name, DATASETS)}")
     if subset is not None:
@@ -60,3 +61,9 @@ def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None)
             raise ConfigError(f"data.subset must be a positive number of images, got {subset}")
         ds = ds.subset(int(subset), int(cfg.get("subset_seed") or 0))  # type: ignore[attr-defined]
     return ds
+
+
+def bad_count(dataset: Dataset) -> int:
+    """Unreadable images met so far (only datasets decoded from files can have any)."""
+    counter = getattr(dataset, "bad_count", None)
+    return int(counter()) if callable(counter) else 0

@@ -53,10 +53,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def candidate_roots(name: str, root: str | None) -> list[Path]:
-    """Where the files are looked for, in order: data.root, $SSLKIT_DATA(/name), the system path."""
-    roots = []
+    """Where the files are looked for: data.root alone when given (never a silent fallback to
+    another copy); else $SSLKIT_DATA(/name), then the system path."""
     if root:
-        roots.append(Path(root).expanduser())
+        return [Path(root).expanduser()]
+    roots = []
     env = os.environ.get("SSLKIT_DATA")
     if env:
         roots += [Path(env) / name, Path(env)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,7 +80,7 @@ class ImageFolderDataset(Dataset):
     in_memory = False
 
     def __init__(self, paths: Sequence[str], targets: Tensor, classes: Sequence[str], image_size: int,
-                 transform: Transform | None = None) -> None:
+                 transform: Transform | None = None, max_bad_fraction: float = 0.01) -> None:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
         encoded = [os.fsencode(p) for p in paths]
@@ -90,6 +91,9 @@ class ImageFolderDataset(Dataset):
         self.num_classes = len(self.classes)
         self.image_size = image_size
         self.transform = transform
+        self.max_bad_fraction = float(max_bad_fraction)
+        # 1 marks an unreadable file; shared memory, so DataLoader workers' marks reach the main process
+        self._bad = torch.zeros(len(paths), dtype=torch.uint8).share_memory_()
 
     def path(self, index: int) -> str:
         """The file behind item `index`."""
@@ -109,11 +113,37 @@ class ImageFolderDataset(Dataset):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        img = decode(self.path(index))
+        img, index = self._readable(index)
         label = int(self.targets[index])
         if self.transform is not None:
             return self.transform(img), label
         return resize_center_crop(img, self.image_size), label
+
+    def _readable(self, index: int) -> tuple[Tensor, int]:
+        """Decode item `index`; an unreadable file is logged once, counted, and replaced by the next
+        readable one, until more than `max_bad_fraction` of the images are unreadable (DataError)."""
+        n = len(self)
+        for attempt in range(n):
+            i = (index + attempt) % n
+            try:
+                return decode(self.path(i)), i
+            except DataError as exc:
+                first = not self._bad[i]
+                self._bad[i] = 1
+                count = self.bad_count()
+                if count > self.max_bad_fraction * n:
+                    raise DataError(f"{exc} ({count} of {n} images unreadable, more than "
+                                    f"data.max_bad_fraction={self.max_bad_fraction:g})") from None
+                if first:
+                    print(f"sslkit: warning: skipping unreadable image: {exc}", file=sys.stderr, flush=True)
+        raise DataError(f"none of the {n} images under data.root can be decoded")
+
+    def bad_count(self) -> int:
+        """How many files were found unreadable so far (in this process and its DataLoader workers)."""
+        return int(self._bad[: len(self)].sum())
+
+    def bad_paths(self) -> list[str]:
+        return [self.path(i) for i in torch.nonzero(self._bad[: len(self)]).flatten().tolist()]
 
     def subset(self, n: int | None, seed: int = 0) -> ImageFolderDataset:
         """`n` images drawn per class in proportion, seeded (all when n is None): `stratified_indices`."""
@@ -123,7 +153,7 @@ class ImageFolderDataset(Dataset):
 
         idx = stratified_indices(self.targets, n, seed)
         return ImageFolderDataset([self.path(int(i)) for i in idx], self.targets[idx], self.classes,
-                                  self.image_size, self.transform)
+                                  self.image_size, self.transform, self.max_bad_fraction)
 
     def with_transform(self, transform: Transform | None) -> ImageFolderDataset:
         """A copy that applies `transform` to the decoded uint8 images."""
@@ -146,7 +176,8 @@ def _labeled(folder: Path, classes: list[str], train_dir: Path) -> tuple[list[st
     return paths, labels
 
 
-def load_imagefolder(root: str | None, split: str, image_size: int) -> ImageFolderDataset:
+def load_imagefolder(root: str | None, split: str, image_size: int,
+                     max_bad_fraction: float = 0.01) -> ImageFolderDataset:
     """`split` is "pretrain" (train/, else the flat folder), "train" (train/) or "test" (val/ or test/)."""
     if split not in ("pretrain", "train", "test"):
         raise ValueError(f"split must be 'pretrain', 'train' or 'test', got {split!r}")
@@ -177,4 +208,5 @@ def load_imagefolder(root: str | None, split: str, image_size: int) -> ImageFold
         labels = [-1] * len(paths)
     if not paths:
         raise DataError(f"no images found under {folder} (looked for {', '.join(EXTENSIONS)})")
-    return ImageFolderDataset(paths, torch.tensor(labels, dtype=torch.long), classes, image_size)
+    return ImageFolderDataset(paths, torch.tensor(labels, dtype=torch.long), classes, image_size,
+                              max_bad_fraction=max_bad_fraction)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -50,7 +51,15 @@ def train_loader(dataset: Dataset, global_batch: int, *, world: int = 1, rank: i
     # mid-epoch would see different augmentations than the uninterrupted one.
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-                      generator=torch.Generator().manual_seed(seed + rank))
+                      generator=torch.Generator().manual_seed(seed + rank), worker_init_fn=ignore_stop_signals)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGUSR1 (a terminal's Ctrl-C reaches the whole process
+    group): the main process stops at a step boundary and then ends its workers. SIGTERM keeps its
+    default action: multiprocessing ends worker processes with it."""
+    for s in (signal.SIGINT, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:

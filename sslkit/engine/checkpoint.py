@@ -1,9 +1,19 @@
-"""Checkpoints: one file holding everything needed to continue exactly, written atomically."""
+"""Checkpoints: one file holding everything needed to continue exactly, written atomically.
+
+Format version 2 holds only tensors, numbers, strings and plain containers (the config is YAML
+text, RNG states are tensors and lists), so it loads with `torch.load(weights_only=True)`: opening
+a checkpoint can never run code. Version-1 files (which pickled numpy's RNG state) are converted
+once, explicitly, by `sslkit checkpoint upgrade <file>`.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,12 +24,43 @@ import torch
 from sslkit.errors import CheckpointError
 
 FORMAT = "sslkit-checkpoint"
+VERSION = 2
 LAST = Path("checkpoints") / "last.pt"
+PREV = Path("checkpoints") / "prev.pt"
 
 
-def save_atomic(obj: Any, path: Path) -> None:
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of all tensors in a nested structure: a lower bound on its file size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _no_space(directory: Path, needed: int) -> CheckpointError:
+    free = shutil.disk_usage(directory).free if directory.exists() else 0
+    return CheckpointError(f"no space left in {directory} for a checkpoint: it needs about {needed} bytes, "
+                           f"{free} are free; the previous checkpoint there is intact")
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """A one-line CheckpointError unless `directory` (or its nearest existing parent) has `needed` bytes free."""
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise CheckpointError(f"not enough disk space in {directory}: checkpoints need about {needed} bytes, "
+                              f"{free} are free; free some space or choose another out=")
+
+
+def save_atomic(obj: Any, path: Path, keep_previous: Path | None = None) -> None:
     """torch.save to a temporary file in the same directory, fsync, then rename over `path`:
-    a crash leaves the old file or the new one, never half of one."""
+    a crash leaves the old file or the new one, never half of one. With `keep_previous`, the old
+    `path` is moved there first. A full disk is a one-line CheckpointError; the old file stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -30,15 +71,29 @@ def save_atomic(obj: Any, path: Path) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path.parent, tensor_bytes(obj)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                             "python": random.getstate()}
+    """Every RNG's state as tensors, lists and numbers (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": list(py_state), "gauss": py_gauss},
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -46,8 +101,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -56,7 +113,7 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     """A checkpoint file from a run directory or a file path, or a one-line CheckpointError."""
     p = Path(path).expanduser()
     if p.is_dir():
-        if (p / LAST).is_file():
+        if (p / LAST).is_file() or (p / PREV).is_file():
             return p / LAST
         raise CheckpointError(f"{p} is a directory without {LAST}; pass a run directory or a .pt checkpoint")
     if not p.is_file():
@@ -64,18 +121,77 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load an sslkit checkpoint on the CPU."""
-    file = resolve(path)
+def _read(file: Path) -> dict[str, Any]:
+    """Load with weights_only=True: a file that needs any other class is refused, never unpickled."""
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or foreign file
-        raise CheckpointError(f"cannot read checkpoint {file}: {str(exc).splitlines()[0]}") from None
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign, or a pickle that wants to run code
+        text = str(exc)
+        found = re.search(r"GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise CheckpointError(
+                f"refusing to load {file}: it asks to run {found.group(1) or found.group(2)} (a file with Python "
+                f"objects other than tensors could run code); if it is an sslkit checkpoint from before format "
+                f"{VERSION} that you trust, convert it with `sslkit checkpoint upgrade {file}`") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")),
+                      lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(f"cannot read checkpoint {file}: not a torch file, or truncated ({detail})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not an sslkit checkpoint (use `sslkit export` files with torchvision/timm)")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{file} is sslkit checkpoint format {ckpt.get('version')}, this sslkit reads "
+                              f"format {VERSION}; convert it with `sslkit checkpoint upgrade {file}`")
     return ckpt
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load an sslkit checkpoint on the CPU, safely. A run directory whose last.pt is missing,
+    truncated or unreadable falls back to its prev.pt with a one-line notice on stderr."""
+    file = resolve(path)
+    prev = file.parent / PREV.name
+    if file.name == LAST.name and file.parent.name == LAST.parent.name and prev.is_file():
+        try:
+            if not file.is_file():
+                raise CheckpointError(f"{file} is missing")
+            return _read(file)
+        except CheckpointError as exc:
+            ckpt = _read(prev)
+            print(f"sslkit: notice: {exc}; using the previous checkpoint {prev} "
+                  f"(step {ckpt.get('state', {}).get('step')})", file=sys.stderr, flush=True)
+            return ckpt
+    return _read(file)
 
 
 def run_dir_of(file: Path) -> Path:
     """The run directory a checkpoint file belongs to."""
     return file.parent.parent if file.parent.name == "checkpoints" else file.parent
+
+
+def upgrade(file: Path, out: Path) -> int:
+    """Convert a version-1 checkpoint (pickled numpy RNG state) to the current format; return its old version.
+
+    This is the one place sslkit unpickles (`weights_only=False`): call it only on files you trust."""
+    try:
+        old = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {file}: {str(exc).strip().splitlines()[0]}") from None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not an sslkit checkpoint")
+    version = int(old.get("version", 1))
+    if version == VERSION:
+        return version
+    rng = old.get("rng", {})
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    py_version, py_state, py_gauss = rng["python"]
+    rng["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                    "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    rng["python"] = {"version": int(py_version), "state": [int(v) for v in py_state], "gauss": py_gauss}
+    if not isinstance(old.get("config"), str):
+        from omegaconf import OmegaConf
+
+        old["config"] = OmegaConf.to_yaml(OmegaConf.create(old["config"]))
+    old["rng"], old["version"] = rng, VERSION
+    save_atomic(old, out)
+    _read(out)  # the result must load safely
+    return version

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -81,5 +82,15 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "sslkit", *argv]
     env = dict(os.environ, SSLKIT_LAUNCHED="1",
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(default_threads(nproc))))
-    return subprocess.call(cmd, env=env)
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(default_threads(nproc))),
+               # torchrun passes these on to every worker once; the workers stop at an agreed step
+               TORCHELASTIC_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    # torchrun runs in its own session, so a terminal's Ctrl-C reaches it once, through us, not twice
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    forward = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    previous = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signum)) for s in forward}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -18,6 +18,25 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep only the records of `path` (metrics.jsonl) logged at or before `step`."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+
+    def keep(line: str) -> bool:
+        try:
+            return int(json.loads(line).get("step", 0)) <= step
+        except (ValueError, AttributeError):  # a line cut off by a crash
+            return False
+
+    kept = [line for line in lines if keep(line)]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
 class RunLogger:
     """Appends one JSON line per logged step or epoch and mirrors scalars to TensorBoard."""
 
@@ -25,8 +44,11 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
+        if initial_step:  # resuming: drop what was logged after the checkpoint (it is trained again)
+            _truncate_after(run_dir / "metrics.jsonl", initial_step)
         self.metrics = (run_dir / "metrics.jsonl").open("a", buffering=1)
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=initial_step or None)
+        # purge_step discards events at steps >= it: keep the checkpoint's own step, drop later ones
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=initial_step + 1 if initial_step else None)
         self.total = total_steps
         mode = progress if progress != "auto" else ("bar" if sys.stderr.isatty() else "lines")
         self.mode = mode

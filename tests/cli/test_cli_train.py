@@ -74,5 +74,5 @@ def test_default_run_dir_name_and_resume_through_cli(tmp_path):
     res = run_cli("train", f"trainer.resume={run}", "trainer.max_steps=3", "trainer.log_every_steps=1")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "step 3/3" in res.stdout
-    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert saved["state"]["step"] == 3

@@ -70,7 +70,7 @@ def run_workers(fn: Callable[..., Any], out_dir: Path, *args: Any, world: int = 
 
 def load_ranks(out_dir: Path, world: int = 2) -> list[dict[str, Any]]:
     """What each rank's worker saved as `out_dir/rank{r}.pt`."""
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
 @pytest.fixture(scope="session")

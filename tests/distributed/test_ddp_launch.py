@@ -16,11 +16,15 @@ pytestmark = pytest.mark.distributed
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str, str]]]:
     seen: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_call(cmd: list[str], env: dict[str, str]) -> int:
-        seen.append((cmd, env))
-        return 0
+    class FakePopen:
+        def __init__(self, cmd: list[str], env: dict[str, str], start_new_session: bool = False) -> None:
+            assert start_new_session  # signals reach torchrun once, through sslkit
+            seen.append((cmd, env))
 
-    monkeypatch.setattr(subprocess, "call", fake_call)
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
     return seen
 
 
@@ -32,6 +36,7 @@ def test_launch_uses_this_interpreter_and_a_standalone_rendezvous(calls, monkeyp
     assert cmd == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
                    "-m", "sslkit", "train", "trainer.devices=4", "data.batch_size=64"]
     assert env["OMP_NUM_THREADS"] == "2"  # 8 usable cores over 4 processes
+    assert "SIGUSR1" in env["TORCHELASTIC_SIGNALS_TO_HANDLE"].split(",")  # torchrun passes SIGUSR1 on
 
 
 def test_launch_keeps_a_user_thread_count(calls, monkeypatch) -> None:

@@ -45,7 +45,7 @@ def steps(run_dir: Path) -> list[int]:
 
 
 def checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")

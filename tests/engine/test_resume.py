@@ -1,12 +1,15 @@
 """A run interrupted mid-epoch and resumed ends bit-identical to an uninterrupted run."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
 from sslkit.config import compose
 from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.signals import Interrupted
 from sslkit.methods.mocov2 import MoCoV2
 from sslkit.train import load_checkpoint, resume_config, train
 from tests.conftest import needs_fashion
@@ -25,14 +28,15 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
 
     original = MoCoV2.after_step
 
-    def interrupt_at_step_2(self, progress):
+    def interrupt_at_step_2(self, progress):  # a real SIGINT, delivered inside step 2
         original(self, progress)
         if progress == pytest.approx(0.5):
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(MoCoV2, "after_step", interrupt_at_step_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="stopped by SIGINT after step 2") as stopped:
         train(compose(BASE + [f"out={tmp_path / 'b'}"]))
+    assert stopped.value.exit_code == 130
     monkeypatch.setattr(MoCoV2, "after_step", original)
     saved, run_dir = load_checkpoint(str(tmp_path / "b"))
     assert saved["state"] == {"epoch": 0, "step": 2, "batch_in_epoch": 2}

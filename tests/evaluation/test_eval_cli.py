@@ -63,7 +63,9 @@ def test_linear_fast_and_protocol(trained_run, cli):
     res = cli("eval", "linear", f"checkpoint={trained_run}", *SUBSETS, "eval.fast_epochs=10")
     assert res.returncode == 0, res.stderr[-3000:]
     assert summary_line(res.stdout).startswith("linear fast top1=")
-    r = json.loads((trained_run / "eval" / "linear.json").read_text())
+    fast_file = trained_run / "eval" / "linear_fast.json"
+    r = json.loads(fast_file.read_text())
+    fast_text = fast_file.read_text()
     assert r["mode"] == "fast" and 10.0 < r["top1"] <= 100.0 and r["settings"]["epochs"] == 10
     assert r["train_size"] == 500 and r["test_size"] == 500
 
@@ -72,11 +74,12 @@ def test_linear_fast_and_protocol(trained_run, cli):
     res = cli("eval", "linear", f"checkpoint={trained_run}", *protocol)
     assert res.returncode == 0, res.stderr[-3000:]
     assert summary_line(res.stdout).startswith("linear protocol top1=")
-    r = json.loads((trained_run / "eval" / "linear.json").read_text())
+    r = json.loads((trained_run / "eval" / "linear_protocol.json").read_text())
     assert r["mode"] == "protocol"
     top1, top5, last_loss = offline_protocol(trained_run, protocol, 128, 500)  # the same protocol in-process
     assert (r["top1"], r["top5"]) == pytest.approx((top1, top5), abs=1e-9)
     assert r["last_epoch_loss"] == pytest.approx(last_loss, rel=1e-5)
+    assert fast_file.read_text() == fast_text  # each mode writes its own file
     s = r["settings"]
     assert (s["lr"], s["momentum"], s["weight_decay"]) == (30.0, 0.9, 0.0)
     assert (s["milestones"], s["epochs"]) == ([60, 80], 1)

@@ -1,0 +1,58 @@
+"""Where results go: `out=` must be a directory sslkit can write, and never another run's."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sslkit.errors import ConfigError
+
+#: What `sslkit train` writes into a run directory; any of them marks the directory as a run.
+RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "tb", "backbone.pt", "eval", "training.png")
+
+
+def writable_dir(path: Path, key: str = "out") -> Path:
+    """Create `path` (a directory) or a one-line ConfigError naming why it cannot be one."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is an existing file; {key}= must name a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {key}={path}: {exc.strerror or exc}") from None
+    probe = path / ".sslkit-write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write into {key}={path}: {exc.strerror or exc}") from None
+    return path
+
+
+def new_file(path: Path, key: str = "out") -> Path:
+    """`path` for a new file: its directory is writable and nothing is there yet."""
+    if path.is_dir():
+        raise ConfigError(f"{key}={path} is a directory; {key}= must name a new file")
+    if path.exists():
+        raise ConfigError(f"{key}={path} exists; sslkit does not overwrite files it did not create "
+                          "(choose a new path or delete it)")
+    writable_dir(path.parent, key)
+    return path
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+
+
+def claim_run_dir(path: Path, overwrite: bool) -> Path:
+    """`path` for a new run: refused when it holds another run, unless `overwrite` (then its run files go)."""
+    if is_run_dir(path):
+        if not overwrite:
+            raise ConfigError(f"out={path} already holds a run; continue it with trainer.resume={path}, "
+                              "choose a new out=, or pass trainer.overwrite=true to replace it")
+        for name in RUN_FILES:
+            target = path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+    return writable_dir(path)
