@@ -58,7 +58,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
 
 def test_rank0_alone_writes_one_checkpoint_and_one_log(first_run) -> None:
     run_dir, proc = first_run
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "prev.pt"]
     assert not (run_dir.parent / "runs").exists()
     ckpt = checkpoint(run_dir)
     assert ckpt["state"]["step"] == 3 and int(ckpt["method"]["queue.ptr"]) == (3 * 32) % 128
@@ -76,12 +76,12 @@ def test_resume_continues_from_the_checkpoint_step(first_run, tmp_path: Path) ->
     proc = run([*command("sslkit"), "train", f"trainer.resume={run_dir}", "trainer.max_steps=6",
                 "trainer.devices=2"], tmp_path)
     assert "step 4/6 " in proc.stdout and "step 1/6 " not in proc.stdout and "step 3/6 " not in proc.stdout
-    assert proc.stdout.count("trained 6 steps") == 1
+    assert proc.stdout.count("trained 3 steps (now at step 6)") == 1
     assert steps(run_dir) == [1, 2, 3, 4, 5, 6]
     ckpt = checkpoint(run_dir)
     assert ckpt["state"] == {"epoch": 0, "step": 6, "batch_in_epoch": 6}
     assert int(ckpt["method"]["queue.ptr"]) == (6 * 32) % 128  # 3 more pushes of 2 x 16 gathered keys
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "prev.pt"]
 
 
 def free_port() -> int:

@@ -4,6 +4,8 @@ to an uninterrupted one, and a NaN loss stops training with a one-line error."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from sslkit.engine.distributed import World
 from sslkit.engine.logger import NullLogger
 from sslkit.engine.loop import LoopSettings, TrainingDiverged, fit, restore
 from sslkit.engine.schedule import build_scheduler
+from sslkit.engine.signals import Interrupted
 from sslkit.errors import UserError, one_line
 from sslkit.methods.mocov2 import MoCoV2
 from tests.conftest import TinyEncoder
@@ -95,10 +98,10 @@ def test_two_epochs_reshuffle_and_an_interrupted_run_resumes_exactly(tmp_path, e
     def stop_at_step_6(self, progress):
         original(self, progress)
         if progress == pytest.approx(6 / STEPS):
-            raise KeyboardInterrupt  # epoch 1, after 2 of its 4 batches
+            os.kill(os.getpid(), signal.SIGINT)  # epoch 1, after 2 of its 4 batches: stop at this step's end
 
     monkeypatch.setattr(MoCoV2, "after_step", stop_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         run(tmp_path / "resumed", method, opt, sched)
     monkeypatch.setattr(MoCoV2, "after_step", original)
     saved = ckpt.load(tmp_path / "resumed")
