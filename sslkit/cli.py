@@ -16,7 +16,7 @@ from sslkit.errors import ConfigError, UserError, one_line
 
 OVERRIDES_HELP = ("Hydra-style overrides: group=option (method=mocov2 backbone=resnet50 data=cifar10) "
                   "and key=value (data.batch_size=128 trainer.max_steps=100 out=runs/x seed=1).")
-EVALS = ("knn", "linear", "batch-compare")
+EVALS = ("knn", "linear", "batch-compare", "detect")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="evaluation", metavar="EVALUATION")
     docs = {"knn": "weighted kNN (k=200, T=0.1) on frozen features with FAISS; eval.k=[10,20,200]",
             "linear": "linear probe: eval.mode=fast (cached features) or eval.mode=protocol (MoCo recipe)",
-            "batch-compare": "SimCLR at batch 256 and 8192 vs MoCo v2 at 256 (MoCo v2 Table 2 in miniature)"}
+            "batch-compare": "SimCLR at batch 256 and 8192 vs MoCo v2 at 256 (MoCo v2 Table 2 in miniature)",
+            "detect": "fine-tune Faster R-CNN on the encoder, COCO-style AP50/AP/AP75 (see docs/detection.md)"}
     for name in EVALS:
         ep = esub.add_parser(name, help=docs[name], description=docs[name] + ". checkpoint=<run dir or .pt> "
                              "selects the model. " + OVERRIDES_HELP)
