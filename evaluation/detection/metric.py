@@ -7,14 +7,17 @@ import contextlib
 import io
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # pycocotools' Params.setDetParams
+REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 Boxes = Sequence[dict[str, Tensor]]  # per image: boxes (N, 4) xyxy, labels (N,), scores (N,) for predictions
 
 
 def _xywh(boxes: Tensor) -> list[list[float]]:
-    b = boxes.double()
+    b = boxes.double().reshape(-1, 4)
     return torch.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1).tolist()
 
 
@@ -56,7 +59,10 @@ def torchmetrics_ap(predictions: Boxes, targets: Boxes) -> dict[str, float]:
     """The same three numbers from torchmetrics' MeanAveragePrecision (box IoU, COCO thresholds)."""
     from torchmetrics.detection import MeanAveragePrecision
 
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
+    # COCO's own float64 grids: torchmetrics' defaults come from a float32 torch.linspace (0.55 is
+    # 0.550000011920929), which moves a recall that lands exactly on a grid point to the next one.
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=IOU_THRESHOLDS.tolist(),
+                                  rec_thresholds=REC_THRESHOLDS.tolist())
     metric.update([{k: v for k, v in p.items() if k in ("boxes", "scores", "labels")} for p in predictions],
                   [{"boxes": t["boxes"], "labels": t["labels"],
                     "iscrowd": t.get("iscrowd", torch.zeros(len(t["labels"]), dtype=torch.long))} for t in targets])
