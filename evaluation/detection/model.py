@@ -93,7 +93,8 @@ class _Res5Head(nn.Module):
 
 def build_detector(backbone: nn.Module, num_classes: int, *, head: str = "fpn", bn: str = "frozen",
                    trainable_stages: int = 5, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-                   min_size: int = 800, max_size: int = 1333, image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                   min_size: int | Sequence[int] = 800, max_size: int = 1333,
+                   image_mean: Sequence[float] = (0.485, 0.456, 0.406),
                    image_std: Sequence[float] = (0.229, 0.224, 0.225), box_head_dim: int = 1024,
                    rois_per_image: int = 512, proposals: int = 2000) -> FasterRCNN:
     """Faster R-CNN (Ren et al. 2015) with `num_classes` object classes (plus background) on a
@@ -114,7 +115,8 @@ def build_detector(backbone: nn.Module, num_classes: int, *, head: str = "fpn", 
     _freeze_stages(backbone, trainable_stages)
     channels = _stage_channels(backbone)
     ratios = (0.5, 1.0, 2.0)
-    common = {"min_size": min_size, "max_size": max_size, "image_mean": list(image_mean), "image_std": list(image_std),
+    common = {"min_size": min_size if isinstance(min_size, int) else tuple(min_size), "max_size": max_size,
+              "image_mean": list(image_mean), "image_std": list(image_std),
               "box_batch_size_per_image": rois_per_image, "rpn_pre_nms_top_n_train": proposals,
               "rpn_post_nms_top_n_train": proposals, "rpn_pre_nms_top_n_test": max(1, proposals // 2),
               "rpn_post_nms_top_n_test": max(1, proposals // 2)}

@@ -27,6 +27,11 @@ def _subset(ds: Dataset, n: Any) -> Dataset:
     return ds if n is None or int(n) >= len(ds) else Subset(ds, range(int(n)))  # type: ignore[arg-type]
 
 
+def _sizes(value: Any) -> int | list[int]:
+    """`eval.min_size`: one size, or a list that torchvision samples from per training batch (multi-scale)."""
+    return int(value) if isinstance(value, int | float | str) else [int(v) for v in value]
+
+
 def _encoder(cfg: DictConfig, init: str, trained: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The backbone the detector starts from, and what it took to make it."""
     from sslkit.nn.backbones import build_backbone
@@ -107,7 +112,7 @@ def _run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) 
                           "one GPU each), or eval.bn=train for one process")
     torch.manual_seed(seed)  # the new layers (FPN, RPN, box head) start the same for every encoder
     model = build_detector(backbone, num_classes, head=str(e.head), bn=bn, trainable_stages=int(e.trainable_stages),
-                           anchor_sizes=[int(a) for a in e.anchor_sizes], min_size=int(e.min_size),
+                           anchor_sizes=[int(a) for a in e.anchor_sizes], min_size=_sizes(e.min_size),  # type: ignore[arg-type]
                            max_size=int(e.max_size), image_mean=list(cfg.data.mean), image_std=list(cfg.data.std),
                            box_head_dim=int(e.box_head_dim), rois_per_image=int(e.rois_per_image),
                            proposals=int(e.proposals)).to(world.device)
@@ -137,7 +142,7 @@ def _run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) 
         "dataset": str(e.dataset), "num_classes": num_classes, "train_size": len(train_ds),  # type: ignore[arg-type]
         "test_size": len(test_ds), "head": str(e.head), "bn": bn, "world_size": world.size,  # type: ignore[arg-type]
         "device": str(world.device), "metric": "pycocotools COCOeval bbox (101-point, IoU .50:.95)",
-        "settings": {**settings.__dict__, "milestones": list(settings.milestones), "min_size": int(e.min_size),
+        "settings": {**settings.__dict__, "milestones": list(settings.milestones), "min_size": _sizes(e.min_size),
                      "max_size": int(e.max_size), "anchor_sizes": [int(a) for a in e.anchor_sizes],
                      "trainable_stages": int(e.trainable_stages), "box_head_dim": int(e.box_head_dim),
                      "rois_per_image": int(e.rois_per_image), "proposals": int(e.proposals)},

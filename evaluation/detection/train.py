@@ -90,14 +90,15 @@ def fine_tune(model: nn.Module, dataset: Dataset, s: FineTuneSettings, world: Wo
         loss.backward()  # type: ignore[union-attr]
         opt.step()
         step += 1
-        losses.append(round(float(loss), 5))
-        if not torch.isfinite(loss):  # type: ignore[arg-type]
-            raise ConfigError(f"detection loss is {float(loss)} at step {step}; lower eval.lr")
+        value = float(loss.detach())  # type: ignore[union-attr]
+        losses.append(round(value, 5))
+        if value != value or abs(value) == float("inf"):
+            raise ConfigError(f"detection loss is {value} at step {step}; lower eval.lr")
         if checkpoint is not None and world.is_main and (step % checkpoint_every == 0 or step == s.steps):
             save_atomic({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "step": step,
                          "rng": torch.get_rng_state(), "losses": losses, "settings": _plain_settings(s)}, checkpoint)
         if step % max(1, s.steps // 10) == 0 or step == s.steps:
-            log(f"detect: step {step}/{s.steps} loss {float(loss):.4f} lr {s.lr_at(step - 1):.4g}")
+            log(f"detect: step {step}/{s.steps} loss {value:.4f} lr {s.lr_at(step - 1):.4g}")
     return {"steps": step, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 
