@@ -13,5 +13,6 @@ for d in sys.argv[1:]:
     r = json.loads((Path(d) / "detect.json").read_text())
     name = Path(r["checkpoint"]).parent.parent.name if r["checkpoint"] else r["init"]
     t = r["timing"]
-    print(f"| {name} | {r['AP50']:.1f} | {r['AP']:.1f} | {r['AP75']:.1f} | {r['steps']} x {r['settings']['batch_size']} "
+    steps = f"{r['steps']} x {r['settings']['batch_size']}"
+    print(f"| {name} | {r['AP50']:.1f} | {r['AP']:.1f} | {r['AP75']:.1f} | {steps} "
           f"| {t['train']:.0f} | {t['eval']:.0f} | {t['pretrain']:.0f} |")
