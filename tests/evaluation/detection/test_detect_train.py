@@ -78,6 +78,7 @@ def test_trainable_stages_freeze_the_stem_first_and_sync_needs_a_process_group()
     assert any(isinstance(m, nn.SyncBatchNorm) for m in sync.modules())
 
 
+@pytest.mark.slow  # ~20-30 CPU-seconds per head; the default suite keeps the resume and CLI smoke tests
 @pytest.mark.parametrize("head", ["fpn", "c4"])
 def test_fine_tuning_lifts_ap50_above_the_untrained_detector(head):
     torch.manual_seed(0)
@@ -107,9 +108,10 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
         if "step 2/4" in message:
             raise KeyboardInterrupt
 
+    interrupted = fresh()
     torch.manual_seed(5)
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(fresh(), data, settings, CPU, tmp_path / "b.pt", checkpoint_every=2, log=stop)
+        fine_tune(interrupted, data, settings, CPU, tmp_path / "b.pt", checkpoint_every=2, log=stop)
     assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 2
     resumed = fresh()
     torch.manual_seed(123)  # the checkpoint's RNG state wins
