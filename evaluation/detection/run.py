@@ -107,9 +107,9 @@ def _run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) 
     backbone, pretrain_info = _encoder(cfg, init, trained, world.device)
     pretrain_seconds = time.perf_counter() - t0
     bn = str(e.bn)
-    if bn == "sync" and world.size == 1:
-        raise ConfigError("eval.bn=sync synchronises BN across torchrun processes; use trainer.devices=N (CUDA: "
-                          "one GPU each), or eval.bn=train for one process")
+    if bn == "sync" and (world.size == 1 or world.device.type != "cuda"):  # torch's SyncBatchNorm is GPU-only
+        raise ConfigError("eval.bn=sync synchronises BN across torchrun processes on GPUs (trainer.devices=N with "
+                          "CUDA); on a CPU or in one process use eval.bn=train")
     torch.manual_seed(seed)  # the new layers (FPN, RPN, box head) start the same for every encoder
     model = build_detector(backbone, num_classes, head=str(e.head), bn=bn, trainable_stages=int(e.trainable_stages),
                            anchor_sizes=[int(a) for a in e.anchor_sizes], min_size=_sizes(e.min_size),  # type: ignore[arg-type]
