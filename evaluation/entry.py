@@ -13,7 +13,7 @@ from sslkit.errors import ConfigError, suggestion
 from .context import EvalContext, load_context
 from .features import Features, load_features
 
-EVALUATIONS = ("knn", "linear", "batch_compare", "retrieval", "embedding")
+EVALUATIONS = ("knn", "linear", "batch_compare", "retrieval", "embedding", "detect")
 
 
 def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
@@ -25,6 +25,10 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
         from .batch_compare import run_batch_compare
 
         return run_batch_compare(list(overrides))
+    if name == "detect":
+        from .detection.run import run_detect
+
+        return run_detect(list(overrides))
     ctx = load_context(name, list(overrides))
     from sslkit.data import decodes_images
     from sslkit.engine.hardware import apply_cpu_split

@@ -18,7 +18,7 @@ from sslkit.errors import ConfigError, UserError, one_line
 
 OVERRIDES_HELP = ("Hydra-style overrides: group=option (method=mocov2 backbone=resnet50 data=cifar10) "
                   "and key=value (data.batch_size=128 trainer.max_steps=100 out=runs/x seed=1).")
-EVALS = ("knn", "linear", "batch-compare", "retrieval", "embedding")
+EVALS = ("knn", "linear", "batch-compare", "retrieval", "embedding", "detect")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
             "linear": "linear probe: eval.mode=fast (cached features) or eval.mode=protocol (MoCo recipe)",
             "batch-compare": "SimCLR at batch 256 and 8192 vs MoCo v2 at 256 (MoCo v2 Table 2 in miniature)",
             "retrieval": "a PNG grid of test queries and their nearest training images, trained vs random encoder",
-            "embedding": "a 2-D map of test features coloured by class (eval.tensorboard=true: projector too)"}
+            "embedding": "a 2-D map of test features coloured by class (eval.tensorboard=true: projector too)",
+            "detect": "fine-tune Faster R-CNN on the encoder, COCO-style AP50/AP/AP75 (see docs/detection.md)"}
     for name in EVALS:
         ep = esub.add_parser(name, help=docs[name], description=docs[name] + ". checkpoint=<run dir or .pt> "
                              "selects the model. " + OVERRIDES_HELP)
