@@ -89,6 +89,7 @@ def test_data_root_without_the_dataset_never_falls_back(tmp_path):
     _one_line_error(run_cli("train", f"data.root={tmp_path}"), "fashion_mnist not found", f"searched {tmp_path})")
 
 
+@pytest.mark.slow  # a CLI subprocess run of ~15 s: make test-slow
 @needs_fashion
 def test_resuming_a_finished_run_says_it_trained_nothing(tmp_path):
     out = tmp_path / "r"

@@ -68,6 +68,7 @@ def test_truncated_last_falls_back_to_prev_through_the_cli(tmp_path):
     assert ckpt.load(out)["state"]["step"] == 3
 
 
+@pytest.mark.slow  # a CLI subprocess run of ~15 s: make test-slow
 def test_out_of_another_run_is_refused_unless_resumed_or_overwritten(tmp_path):
     out = tmp_path / "reuse"
     assert run_cli("train", *BASE, "trainer.max_steps=1", f"out={out}").returncode == 0
@@ -86,6 +87,7 @@ def test_out_of_another_run_is_refused_unless_resumed_or_overwritten(tmp_path):
     assert "simclr" in ckpt.load(out)["config"]
 
 
+@pytest.mark.slow  # a CLI subprocess run of ~15 s: make test-slow
 def test_export_never_overwrites_a_file_it_did_not_create(tmp_path):
     out = tmp_path / "r"
     assert run_cli("train", *BASE, "trainer.max_steps=1", f"out={out}").returncode == 0
@@ -97,6 +99,7 @@ def test_export_never_overwrites_a_file_it_did_not_create(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow  # a CLI subprocess run of ~15 s: make test-slow
 def test_tensorboard_and_metrics_keep_every_point_across_two_resumes(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -48,6 +48,7 @@ def test_map_has_each_class_colour_and_coordinates_round_trip(tmp_path):
     assert abs(float(rows[50]["x"]) - xy[50, 0]) < 1e-4
 
 
+@pytest.mark.slow  # a CLI subprocess run of ~15 s: make test-slow
 @needs_fashion
 def test_embedding_command_writes_map_coordinates_and_projector(trained_run, cli, tmp_path):
     res = cli("eval", "embedding", f"checkpoint={trained_run}", "eval.test_subset=150", "eval.tensorboard=true",
