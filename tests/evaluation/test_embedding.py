@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from matplotlib import colormaps
 from sklearn.neighbors import NearestNeighbors
 
