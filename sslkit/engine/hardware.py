@@ -248,6 +248,11 @@ def fit_to_machine(cfg: object, device: torch.device, encoder: nn.Module, wants_
     if probe is None:  # a probe costs about one step; for a few steps NCHW is kept untimed
         probe = (lambda: False) if short else (lambda: probe_channels_last(encoder, size, _probe_batch(size)))
     channels_last = resolve_channels_last(asked_layout, device, probe)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # a timed probe can differ between ranks; DDP needs one memory format, so rank 0 decides
+        flag = torch.tensor([int(channels_last)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        channels_last = bool(flag.item())
     how = []
     if asked_precision == "auto":
         native = native_bf16(device)
