@@ -28,6 +28,15 @@ class TinyEncoder(nn.Module):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: a second thread only adds contention on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_encoder() -> TinyEncoder:
     torch.manual_seed(0)
     return TinyEncoder()

@@ -29,13 +29,7 @@ WORLD = World(0, 0, 1, torch.device("cpu"))
 HEAD = {"kind": "mlp", "hidden_dim": 16, "out_dim": 8, "batch_norm": False}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: a second thread only adds contention on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def dataset() -> TensorImageDataset:

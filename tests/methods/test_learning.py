@@ -17,13 +17,7 @@ HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 16}
 STEPS, TAU = 40, 0.2
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: a second thread only adds contention on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def views(x: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
