@@ -86,8 +86,8 @@ def _collectives_worker(rank: int, world: int, port: int, per_rank: int, reps: i
     torch.set_num_threads(1)
     from sslkit.build import build_method
     from sslkit.config import compose
-    from sslkit.contrastive.distributed import all_reduce_mean_, concat_all_gather, gather_with_grad
     from sslkit.contrastive.shuffle_bn import shuffle_ddp, unshuffle_ddp
+    from sslkit.devices import all_reduce_mean_, concat_all_gather, gather_with_grad
     from sslkit.engine.distributed import init_world, shutdown
 
     init_world("cpu")

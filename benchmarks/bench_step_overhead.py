@@ -342,7 +342,7 @@ def mocov2_breakdown(args, cfg, split, plain, baseline, views) -> None:
         "sslkit training_step loss: clone queue + _contrast (loss+acc)":
             lambda: run_backward(split._contrast(q_leaf, k, split.queue.keys.clone().detach())[0]),
         "sslkit _contrast (no queue clone)": lambda: run_backward(split._contrast(q_leaf, k, queue)[0]),
-        "sslkit infonce_loss (no acc, no clone)": lambda: run_backward(infonce_loss(q_leaf, k, queue, tau)),
+        "sslkit infonce_loss (no acc, no clone)": lambda: run_backward(infonce_loss(q_leaf, k, queue, tau)[0]),
         "candidate: q/tau first, no acc, no clone":
             lambda: run_backward(infonce_scaled_first(q_leaf, k, queue, tau)),
         "baseline (reference MoCo math)": lambda: run_backward(baseline.loss(q_leaf, k)),

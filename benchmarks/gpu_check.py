@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 from sslkit.config import compose
-from sslkit.contrastive.distributed import _GatherWithGrad
 from sslkit.contrastive.grad_cache import embed_chunks
+from sslkit.devices import _GatherWithGrad
 from sslkit.train import train
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from sslkit.errors import ConfigError
 
-from .context import EvalContext
+from .context import EvalContext, as_subset, common_record, split_features
 from .plots import save_figure
 
 REDUCERS = ("tsne", "umap")
@@ -119,15 +119,14 @@ def run_embedding(ctx: EvalContext) -> dict[str, Any]:
     """Write `<out>/embedding.{png,npz,csv}` (and `<out>/projector/`); return the JSON record."""
     from sslkit.data import build_dataset
 
-    from .entry import _common, _subset, split_features
     from .retrieval import class_names
 
     e = ctx.cfg.eval
     reducer = str(e.reducer)
     if reducer not in REDUCERS:
         raise ConfigError(f"unknown eval.reducer '{reducer}'; valid: {', '.join(REDUCERS)}")
-    test = split_features(ctx, "backbone", "test", _subset(e.test_subset), int(e.batch_size))
-    dataset = build_dataset(ctx.data, "test", _subset(e.test_subset))
+    test = split_features(ctx, "backbone", "test", as_subset(e.test_subset), int(e.batch_size))
+    dataset = build_dataset(ctx.data, "test", as_subset(e.test_subset))
     names = class_names(dataset, test.num_classes)
     x = test.feats.numpy().astype(np.float32)
     seed = int(ctx.cfg.seed)
@@ -143,7 +142,7 @@ def run_embedding(ctx: EvalContext) -> dict[str, Any]:
     record: dict[str, Any] = {"evaluation": "embedding", "reducer": reducer, "points": len(x),
                               "perplexity": float(e.perplexity) if reducer == "tsne" else None, "pca_dim": pca,
                               "files": [str(f) for f in files], "classes": names,
-                              **_common(ctx, 0, test, None),
+                              **common_record(ctx, 0, test, None),
                               "timing": {"test_features": round(test.seconds, 3), "reduce": round(seconds, 3)}}
     if bool(e.tensorboard):
         log_dir = write_projector(test.feats, labels, names, sprite_images(dataset, len(x)), ctx.out_dir / "projector")

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sslkit.engine.checkpoint import save_atomic
 from sslkit.errors import DataError
+from sslkit.files import save_atomic
 
 CACHE_VERSION = 2  # 2: subsets are stratified and seeded (were the first N)
 KINDS = ("backbone", "pixels")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,18 +10,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of `<run dir>/metrics.jsonl` (a torn last line is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+from sslkit.files import read_metrics
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
@@ -32,8 +20,6 @@ def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi)
     return path
 
-
-_save = save_figure
 
 
 def _series(records: Sequence[dict[str, Any]], key: str, x: str = "step") -> list[tuple[float, float]]:
@@ -84,7 +70,7 @@ def plot_training(run_dir: str | Path) -> Path:
     for ax in axes[len(panels):]:
         ax.set_axis_off()
     fig.suptitle(run_dir.name)
-    return _save(fig, run_dir / "training.png")
+    return save_figure(fig, run_dir / "training.png")
 
 
 def training_plot_callback(run_dir: Path) -> Callable[[], None]:
@@ -119,4 +105,4 @@ def plot_batch_compare(rows: Sequence[dict[str, Any]], path: str | Path) -> Path
     for ax in (ax_acc, ax_time, ax_mem):
         ax.set_xticks(list(xs), labels, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

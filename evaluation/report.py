@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sslkit.errors import CheckpointError, ConfigError
+from sslkit.errors import CheckpointError
 
 SKIP_DIRS = {"cache", "tb", "projector", "checkpoints"}  # feature caches, TensorBoard files
 MAX_LIST = 12  # list items shown in a cell before "... (N items)"
@@ -167,13 +167,3 @@ def write_report(run: Path, out: Path | None = None) -> tuple[Path, dict[str, in
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path, counts
-
-
-def cmd_report(opts: dict[str, str]) -> int:
-    """`sslkit report checkpoint=<run dir> [out=<file>]`."""
-    if not opts.get("checkpoint"):
-        raise ConfigError("report needs checkpoint=<run dir>")
-    run = run_directory(opts["checkpoint"])
-    path, counts = write_report(run, Path(opts["out"]) if opts.get("out") else None)
-    print(f"report: {counts['evaluations']} evaluations, {counts['pictures']} pictures -> {path}", flush=True)
-    return 0

@@ -20,7 +20,7 @@ from sslkit.config import as_dict
 from sslkit.data import build_dataset
 from sslkit.errors import ConfigError
 
-from .context import EvalContext
+from .context import EvalContext, as_subset, common_record, split_features
 from .features import Features, load_features
 from .knn import nearest_neighbours
 from .plots import save_figure
@@ -115,13 +115,12 @@ def precision_at_k(neighbour_idx: Tensor, train_labels: Tensor, test_labels: Ten
 
 def run_retrieval(ctx: EvalContext) -> dict[str, Any]:
     """Write `<out>/retrieval.png` and return the record for `retrieval.json`."""
-    from .entry import _common, _subset, split_features
 
     e = ctx.cfg.eval
     k, n_queries = int(e.neighbours), int(e.queries)
     if k < 1 or n_queries < 1:
         raise ConfigError(f"eval.neighbours and eval.queries must be >= 1, got {k} and {n_queries}")
-    train_subset, test_subset = _subset(e.train_subset), _subset(e.test_subset)
+    train_subset, test_subset = as_subset(e.train_subset), as_subset(e.test_subset)
     train = split_features(ctx, "backbone", "train", train_subset, int(e.batch_size))
     test = split_features(ctx, "backbone", "test", test_subset, int(e.batch_size))
     if k > len(train):
@@ -153,7 +152,7 @@ def run_retrieval(ctx: EvalContext) -> dict[str, Any]:
         "neighbour_labels": {n: train.labels[v].tolist() for n, v in neighbours.items()},
         "similarities": {n: [[round(float(s), 5) for s in row] for row in v] for n, v in similarities.items()},
         f"precision_at_{k}": precision, "classes": names,
-        **_common(ctx, len(train), test, train.cached),
+        **common_record(ctx, len(train), test, train.cached),
     }
     sizes = f"{len(train)} train / {len(test)} test"
     vs = f" vs random {precision['random']:.1f}%" if "random" in precision else ""

@@ -25,11 +25,12 @@ def fp32_loss(*tensors: Tensor) -> Iterator[Any]:
 
 @dataclass
 class StepOutput:
-    """What one training step returns: the loss, scalars to log, and whether backward already ran."""
+    """What one training step returns: the loss and scalars to log. `backward_done` is filled in by
+    `ContrastiveMethod.forward`: True when the step called `self.backward` itself."""
 
     loss: Tensor
     logs: dict[str, float | Tensor] = field(default_factory=dict)
-    backward_done: bool = False
+    backward_done: bool = field(default=False, init=False)
 
 
 class ContrastiveMethod(nn.Module, ABC):
@@ -42,10 +43,11 @@ class ContrastiveMethod(nn.Module, ABC):
     Subclass it, set `n_views` if not 2, and register with `@register_method("name")`.
     """
 
-    method_name: ClassVar[str] = ""
     n_views: ClassVar[int] = 2
-    #: True when training_step runs backward itself (gradient caching); the engine then syncs
-    #: gradients across ranks by hand instead of wrapping the method in DistributedDataParallel.
+    #: a plug-in's YAML of `method.*` defaults beside its module, instead of defaults in `__init__`
+    defaults_file: ClassVar[str | None] = None
+    #: True when training_step calls `self.backward(loss)` itself (gradient caching); the engine then
+    #: syncs gradients across ranks by hand instead of wrapping the method in DistributedDataParallel.
     custom_backward: bool = False
 
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Mapping[str, Any] | None = None) -> None:
@@ -55,7 +57,8 @@ class ContrastiveMethod(nn.Module, ABC):
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.head_cfg = dict(head or {"kind": "mlp"})
-        self._backward: Callable[[Tensor], None] = Tensor.backward
+        self._backward_fn: Callable[[Tensor], None] = Tensor.backward
+        self._backward_calls = 0
 
     def build_head(self) -> nn.Sequential:
         """A fresh projection head from the `head` config group, on top of the backbone features."""
@@ -65,8 +68,13 @@ class ContrastiveMethod(nn.Module, ABC):
     def training_step(self, views: Sequence[Tensor]) -> StepOutput:
         """Turn `n_views` augmented batches (each N x 3 x H x W) into a loss."""
 
-    def forward(self, views: Sequence[Tensor]) -> StepOutput:  # the engine calls the module
-        return self.training_step(views)
+    def forward(self, views: Sequence[Tensor], backward: Callable[[Tensor], None] | None = None) -> StepOutput:
+        """The engine calls the module: one `training_step`, with `backward` (the engine's, AMP loss
+        scaling included) as what `self.backward` runs."""
+        self._backward_fn, self._backward_calls = backward or Tensor.backward, 0
+        out = self.training_step(views)
+        out.backward_done = self._backward_calls > 0
+        return out
 
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step with training progress in [0, 1] (EMA update, enqueue)."""
@@ -76,9 +84,11 @@ class ContrastiveMethod(nn.Module, ABC):
         visibly stuck (e.g. MoCo's loss at ln(K+1) with accuracy 0), else None. Default: never."""
         return None
 
-    def set_backward(self, fn: Callable[[Tensor], None]) -> None:
-        """The engine's backward (AMP scaling); used by methods with `custom_backward`."""
-        self._backward = fn
+    def backward(self, loss: Tensor) -> None:
+        """Backpropagate `loss` the engine's way. The one hook for a method that runs backward itself
+        (set `custom_backward = True`); the engine then skips its own backward for that step."""
+        self._backward_fn(loss)
+        self._backward_calls += 1
 
     def encoder(self) -> nn.Module:
         """The backbone that evaluation and export use."""

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslkit.contrastive import KeyQueue, ema_update, infonce_logits, momentum_at
-from sslkit.contrastive.distributed import world_size
+from sslkit.contrastive import KeyQueue, ema_update, infonce_loss, momentum_at
 from sslkit.contrastive.momentum import SCHEDULES, frozen_copy
 from sslkit.contrastive.shuffle_bn import shuffle_ddp, shuffle_local, unshuffle_ddp, unshuffle_local
+from sslkit.devices import world_size
 from sslkit.errors import ConfigError
 from sslkit.methods.base import ContrastiveMethod, StepOutput, fp32_loss
 from sslkit.nn.split_bn import convert_split_bn
@@ -29,13 +29,13 @@ STALL_STEPS = 300
 class MoCoV1(ContrastiveMethod):
     """Query encoder f_q + head trained by InfoNCE (eq. 1) against its momentum copy f_k (eq. 2).
 
-    Defaults (configs/method/mocov1.yaml) are the paper's: K=65536, m=0.999, tau=0.07, linear head.
+    The parameters' defaults are the paper's, in configs/method/mocov1.yaml (their one place):
+    K=65536, m=0.999, tau=0.07, linear head.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float = 0.07,
-                 queue_size: int = 65536, momentum: float = 0.999, momentum_schedule: str = "constant",
-                 symmetric: bool = False, symmetric_reduction: str = "sum", shuffle_bn: str = "auto",
-                 split_bn_groups: int = 8) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float,
+                 queue_size: int, momentum: float, momentum_schedule: str, symmetric: bool,
+                 symmetric_reduction: str, shuffle_bn: str, split_bn_groups: int) -> None:
         super().__init__(backbone, feature_dim, head)
         if symmetric_reduction not in REDUCTIONS:
             raise ConfigError(f"method.symmetric_reduction='{symmetric_reduction}' is invalid; valid: sum, mean")
@@ -47,8 +47,6 @@ class MoCoV1(ContrastiveMethod):
             raise ConfigError(f"method.queue_size must be a positive number of keys, got {queue_size}")
         if temperature <= 0:
             raise ConfigError(f"method.temperature must be > 0, got {temperature}")
-        if queue_size < 1:
-            raise ConfigError(f"method.queue_size must be >= 1, got {queue_size}")
         if momentum_schedule not in SCHEDULES:  # else the first after_step fails, after all the set-up
             raise ConfigError(f"method.momentum_schedule='{momentum_schedule}' is invalid; "
                               f"valid: {', '.join(SCHEDULES)}")
@@ -81,9 +79,7 @@ class MoCoV1(ContrastiveMethod):
 
     def _contrast(self, q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
         with fp32_loss(q, k, queue) as (q32, k32, queue32):  # logits in fp32 under bf16/fp16 autocast
-            logits = infonce_logits(q32, k32, queue32, self.temperature)
-            labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-            return F.cross_entropy(logits, labels), (logits.argmax(1) == 0).float().mean()
+            return infonce_loss(q32, k32, queue32, self.temperature)
 
     def training_step(self, views: Sequence[Tensor]) -> StepOutput:
         x_q, x_k = views[0], views[1]

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sslkit.contrastive.distributed import gather_with_grad, rank, world_size
 from sslkit.contrastive.grad_cache import cached_backward
 from sslkit.contrastive.ntxent import ntxent_loss
+from sslkit.devices import gather_with_grad, rank, world_size
 from sslkit.errors import ConfigError
 from sslkit.methods.base import ContrastiveMethod, StepOutput, fp32_loss
 from sslkit.registry import register_method
@@ -34,10 +34,12 @@ class SimCLR(ContrastiveMethod):
     by gradient caching (Gao et al. 2021) in the memory of one chunk. The gradients then equal those
     of the same per-chunk-BN computation done directly; they differ from the single-BN full batch,
     since BN statistics over a chunk differ from those over the batch (docs/evaluation.md).
+
+    Defaults: configs/method/simclr.yaml (tau 0.1, global negatives, no chunks).
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float = 0.1,
-                 gather_distributed: bool = True, chunk_size: int | None = None) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float,
+                 gather_distributed: bool, chunk_size: int | None) -> None:
         super().__init__(backbone, feature_dim, head)
         if temperature <= 0:
             raise ConfigError(f"method.temperature must be > 0, got {temperature}")
@@ -65,10 +67,10 @@ class SimCLR(ContrastiveMethod):
             order = paired_chunk_order(n, self.chunk_size, x.device)
             inverse = torch.argsort(order)
             loss = cached_backward(self._embed, self, x[order], 2 * self.chunk_size,
-                                   lambda z: self._loss(z[inverse]), self._backward)
-            return StepOutput(loss, {"loss": loss}, backward_done=True)
+                                   lambda z: self._loss(z[inverse]), self.backward)
+            return StepOutput(loss, {"loss": loss})
         loss = self._loss(self._embed(x))
         if self.custom_backward and torch.is_grad_enabled():  # keep one gradient path per method
-            self._backward(loss)
-            return StepOutput(loss.detach(), {"loss": loss.detach()}, backward_done=True)
+            self.backward(loss)
+            return StepOutput(loss.detach(), {"loss": loss.detach()})
         return StepOutput(loss, {"loss": loss.detach()})

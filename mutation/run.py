@@ -31,7 +31,7 @@ GROUPS: dict[str, tuple[list[str], str]] = {
     "shuffle_bn": (["sslkit/contrastive/shuffle_bn.py"], f"tests/contrastive/test_shuffle_local.py {MOCO_TESTS}"),
     "ntxent": (["sslkit/contrastive/ntxent.py"], f"tests/contrastive/test_ntxent.py {SIMCLR_TESTS}"),
     "grad_cache": (["sslkit/contrastive/grad_cache.py"], f"tests/evaluation/test_grad_cache.py {SIMCLR_TESTS}"),
-    "distributed": (["sslkit/contrastive/distributed.py"], MOCO_TESTS),
+    "distributed": (["sslkit/devices.py"], MOCO_TESTS),
     "mocov1": (["methods/mocov1.py", "methods/mocov2.py"],
                f"{MOCO_TESTS} tests/methods/test_learning.py tests/engine/test_loop_wiring.py"),
     "simclr": (["methods/simclr.py"], f"{SIMCLR_TESTS} tests/methods/test_learning.py"),

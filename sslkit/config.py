@@ -73,7 +73,7 @@ def _rewrite(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def _check_keys(cfg: DictConfig, keys: list[str]) -> list[str]:
     """Every key must exist in the composed config. `method.*` keys are the exception: they are
-    checked against the method's constructor (sslkit.build.check_method_params), so they are
+    checked against the method's constructor (sslkit.params.check_method_params), so they are
     returned rewritten as Hydra additions (`+method.x=v`) when the method's YAML lacks them."""
     valid = leaf_keys(cfg)
     out = []
@@ -138,8 +138,10 @@ def compose(overrides: list[str] | tuple[str, ...] = (), extra: list[str] | None
         GlobalHydra.instance().clear()
     if cfg.method.get("name") is None:
         raise ConfigError("method=custom needs method.name=<registered name or package.module:Class>")
-    from sslkit.build import check_method_params
+    from sslkit.params import check_method_params, fill_plugin_defaults
 
+    if str(cfg.method.name) not in group_options("method"):
+        fill_plugin_defaults(cfg)
     check_method_params(cfg)
     check_values(cfg)
     return cfg

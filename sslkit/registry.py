@@ -22,7 +22,6 @@ def register_method(name: str) -> Callable[[_T], _T]:
 
     def wrap(cls: _T) -> _T:
         _METHODS[name] = cls
-        cls.method_name = name  # type: ignore[attr-defined]
         return cls
 
     return wrap

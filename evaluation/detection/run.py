@@ -1,10 +1,8 @@
-"""`sslkit eval detect`: build the detector on a checkpoint's encoder (or a random / supervised
-baseline), fine-tune it, score COCO-style AP and write `<out>/detect.json`."""
+"""Detection transfer: build the detector on a checkpoint's encoder (or a random / supervised
+baseline), fine-tune it and score COCO-style AP. `sslkit.app.detect` is the command."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +13,9 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from sslkit.config import as_dict
-from sslkit.engine.distributed import World, init_world, launch_torchrun, shutdown
-from sslkit.errors import CheckpointError, ConfigError
-
-from ..context import _checkpoint_override, eval_config, load_trained, output_dir
+from sslkit.devices import World
+from sslkit.engine.outputs import backbone_name
+from sslkit.errors import ConfigError
 
 INITS = ("checkpoint", "random", "supervised")
 
@@ -49,50 +46,7 @@ def _encoder(cfg: DictConfig, init: str, trained: Any, device: torch.device) -> 
                                          int(e.supervised_batch_size), float(e.supervised_lr), int(cfg.seed), device)
 
 
-def run_detect(overrides: list[str]) -> dict[str, Any]:
-    """Run the whole transfer; under `trainer.devices=N` restart under torchrun first."""
-    start = time.perf_counter()
-    checkpoint = _checkpoint_override(overrides)
-    trained = load_trained(checkpoint) if checkpoint else None
-    cfg = eval_config("detect", overrides, trained)
-    e = cfg.eval
-    init = str(e.init)
-    if init not in INITS:
-        raise ConfigError(f"eval.init={init}; valid: {', '.join(INITS)}")
-    if trained is not None and init != "checkpoint":
-        raise ConfigError(f"checkpoint= and eval.init={init} exclude each other; drop one")
-    if trained is None and init == "checkpoint":
-        raise CheckpointError("sslkit eval detect needs checkpoint=<run dir or .pt> (or eval.init=random|supervised "
-                              "for the baselines)")
-    out_dir = output_dir(cfg, "detect", trained.file if trained else None)
-    path = out_dir / "detect.json"
-    devices = int(cfg.trainer.devices)
-    if devices > 1 and "WORLD_SIZE" not in os.environ:
-        extra = [] if cfg.get("out") else [f"out={out_dir}"]  # every rank and this process agree on the folder
-        code = launch_torchrun(devices, ["eval", "detect", *overrides, *extra])
-        if code != 0 or not path.is_file():
-            raise ConfigError(f"torchrun exited with {code}; see the messages above")
-        result: dict[str, Any] = json.loads(path.read_text())
-        return result
-    if cfg.trainer.get("threads"):
-        torch.set_num_threads(int(cfg.trainer.threads))
-    world = init_world(str(cfg.device))
-    try:
-        result = _run(cfg, init, trained, world, out_dir)
-    finally:
-        shutdown()
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    if world.is_main:
-        result["summary"] = summary(result, path)
-        from ..entry import write_json
-
-        write_json(result, path)
-    else:
-        result["summary"] = f"detect rank {world.rank} done"
-    return result
-
-
-def _run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) -> dict[str, Any]:
+def run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) -> dict[str, Any]:
     from .data import build_detection_dataset
     from .metric import coco_ap, torchmetrics_ap
     from .model import build_detector
@@ -138,7 +92,7 @@ def _run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) 
     return {
         "evaluation": "detect", **ap, "torchmetrics": tm, "init": init,
         "checkpoint": str(trained.file) if trained else None,
-        "backbone": str(b.timm_name if b.name == "timm" else b.name), "small_images": bool(b.get("small_images")),
+        "backbone": backbone_name(b), "small_images": bool(b.get("small_images")),
         "dataset": str(e.dataset), "num_classes": num_classes, "train_size": len(train_ds),  # type: ignore[arg-type]
         "test_size": len(test_ds), "head": str(e.head), "bn": bn, "world_size": world.size,  # type: ignore[arg-type]
         "device": str(world.device), "metric": "pycocotools COCOeval bbox (101-point, IoU .50:.95)",

@@ -13,9 +13,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sslkit.engine.checkpoint import save_atomic
-from sslkit.engine.distributed import World
+from sslkit.devices import World
 from sslkit.errors import CheckpointError, ConfigError
+from sslkit.files import save_atomic
 
 Predictions = list[dict[str, Tensor]]
 

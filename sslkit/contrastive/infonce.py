@@ -23,8 +23,9 @@ def infonce_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> T
     return torch.cat([pos, neg], dim=1)
 
 
-def infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
-    """Mean InfoNCE loss over the N queries (eq. 1 of MoCo); gradients flow into `q` only if
-    `k` and `queue` are detached, as in MoCo."""
+def infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Mean InfoNCE loss over the N queries (eq. 1 of MoCo), and the share of queries whose positive
+    is the largest logit (no gradient). Gradients flow into `q` only if `k` and `queue` are detached."""
     logits = infonce_logits(q, k, queue, temperature)
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+    loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+    return loss, (logits.detach().argmax(1) == 0).float().mean()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslkit.contrastive.distributed import concat_all_gather
+from sslkit.devices import concat_all_gather
 
 
 class KeyQueue(nn.Module):

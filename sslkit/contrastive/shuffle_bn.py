@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sslkit.contrastive.distributed import broadcast_, concat_all_gather, rank, world_size
+from sslkit.devices import broadcast_, concat_all_gather, rank, world_size
 
 
 @torch.no_grad()

@@ -13,12 +13,20 @@ from sslkit.errors import DataError
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler whose first epoch after a resume skips the samples already seen."""
+    """DistributedSampler of one rank's share, in batches of `batch_size`, whose first epoch after a
+    resume skips the batches already trained (`start_epoch`)."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int,
+                 batch_size: int = 1) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=True)
+        self.batch_size = batch_size
         self.skip = 0
+
+    def start_epoch(self, epoch: int, batches_done: int = 0) -> None:
+        """Shuffle for `epoch` and leave out its first `batches_done` batches (a resumed epoch)."""
+        self.set_epoch(epoch)
+        self.skip = batches_done * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
@@ -45,13 +53,21 @@ def train_loader(dataset: Dataset, global_batch: int, *, world: int = 1, rank: i
     if global_batch > n:
         raise DataError(f"data.batch_size={global_batch} is larger than the {n} training images; "
                         f"use data.batch_size<={n} or more data (data.subset)")
-    sampler = ResumableSampler(dataset, world, rank, shuffle, seed)
+    sampler = ResumableSampler(dataset, world, rank, shuffle, seed, global_batch // world)
     batches = BatchSampler(sampler, global_batch // world, drop_last=drop_last)
     # Its own generator: creating an iterator must not draw from the global RNG, or a run resumed
     # mid-epoch would see different augmentations than the uninterrupted one.
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(seed + rank), worker_init_fn=ignore_stop_signals)
+
+
+def resumable_sampler(loader: DataLoader) -> ResumableSampler:
+    """The sampler of a loader made by `train_loader`."""
+    sampler = getattr(loader.batch_sampler, "sampler", None)
+    if not isinstance(sampler, ResumableSampler):
+        raise TypeError("the training loop needs a loader made by sslkit.data.loader.train_loader")
+    return sampler
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -19,9 +19,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
+
+from sslkit.devices import World
 from sslkit.engine import checkpoint as ckpt
 from sslkit.engine.logger import NullLogger
+from sslkit.engine.loop import FitInputs, LoopSettings, MakeViews, fit
 from sslkit.errors import ConfigError
+from sslkit.methods.base import ContrastiveMethod
 
 clock: Callable[[], float] = time.perf_counter  # tests replace it
 WARMUP_STEPS = 3    # not timed: loader start, oneDNN/cuDNN primitive creation
@@ -49,32 +57,30 @@ class _Timer(NullLogger):
         self.ends.append(clock())
 
 
-def seconds_per_step(fit: Callable[..., Any], method: Any, loader: Any, make_views: Any,
-                     make_optim: Callable[[Any], Any], make_sched: Callable[[Any, int], Any], world: Any,
-                     settings: Any, scaler: Any = None,
+def seconds_per_step(method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, world: World,
+                     settings: LoopSettings, scaler: torch.amp.GradScaler | None,
+                     make_optim: Callable[[Any], Optimizer], make_sched: Callable[[Optimizer, int], LRScheduler],
                      warmup: int = WARMUP_STEPS, measure: int = MEASURE_STEPS) -> float:
     """Train a copy of `method` for warmup + measure steps; the mean seconds of the measured steps.
 
-    The global RNGs, the loader's generator and the sampler position are restored afterwards."""
+    The global RNGs and the loader's generator are restored afterwards (the run's `fit` positions
+    the sampler itself)."""
     warmup = max(1, warmup)
     rng = ckpt.rng_state()
-    gen = loader.generator.get_state() if getattr(loader, "generator", None) is not None else None
-    sampler = loader.batch_sampler.sampler
-    skip = getattr(sampler, "skip", 0)
+    gen = loader.generator.get_state() if loader.generator is not None else None
     trial = copy.deepcopy(method)
     optimizer = make_optim(trial)
     steps = warmup + measure
     timer = _Timer()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            fit(trial, loader, make_views, optimizer, make_sched(optimizer, steps), world,
-                replace(settings, total_steps=steps, checkpoint_every=0, log_every=steps + 1), Path(tmp), timer,
-                None, scaler)
+            trial_settings = replace(settings, total_steps=steps, checkpoint_every=0, log_every=steps + 1)
+            fit(FitInputs(trial, loader, make_views, optimizer, make_sched(optimizer, steps), world, trial_settings,
+                          Path(tmp), timer, scaler))
     finally:
         ckpt.set_rng_state(rng)
         if gen is not None:
             loader.generator.set_state(gen)
-        sampler.skip = skip
     ends = timer.ends
     if len(ends) <= warmup:
         raise ConfigError("trainer.time_budget: the data ran out while timing the first steps; "

@@ -8,42 +8,25 @@ once, explicitly, by `sslkit checkpoint upgrade <file>`.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from sslkit.errors import CheckpointError
+from sslkit.files import save_atomic
 
 FORMAT = "sslkit-checkpoint"
 VERSION = 2
 LAST = Path("checkpoints") / "last.pt"
 PREV = Path("checkpoints") / "prev.pt"
-
-
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of all tensors in a nested structure: a lower bound on its file size."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(tensor_bytes(v) for v in obj)
-    return 0
-
-
-def _no_space(directory: Path, needed: int) -> CheckpointError:
-    free = shutil.disk_usage(directory).free if directory.exists() else 0
-    return CheckpointError(f"no space left in {directory} for a checkpoint: it needs about {needed} bytes, "
-                           f"{free} are free; the previous checkpoint there is intact")
 
 
 def check_free_space(directory: Path, needed: int) -> None:
@@ -55,33 +38,6 @@ def check_free_space(directory: Path, needed: int) -> None:
     if free < needed:
         raise CheckpointError(f"not enough disk space in {directory}: checkpoints need about {needed} bytes, "
                               f"{free} are free; free some space or choose another out=")
-
-
-def save_atomic(obj: Any, path: Path, keep_previous: Path | None = None) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`:
-    a crash leaves the old file or the new one, never half of one. With `keep_previous`, the old
-    `path` is moved there first. A full disk is a one-line CheckpointError; the old file stays."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(path.parent, tensor_bytes(obj)) from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rng_state() -> dict[str, Any]:
@@ -188,10 +144,22 @@ def upgrade(file: Path, out: Path) -> int:
                     "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
     rng["python"] = {"version": int(py_version), "state": [int(v) for v in py_state], "gauss": py_gauss}
     if not isinstance(old.get("config"), str):
-        from omegaconf import OmegaConf
-
         old["config"] = OmegaConf.to_yaml(OmegaConf.create(old["config"]))
     old["rng"], old["version"] = rng, VERSION
     save_atomic(old, out)
     _read(out)  # the result must load safely
     return version
+
+
+def config_of(checkpoint: dict[str, Any]) -> DictConfig:
+    """The config a checkpoint was trained with."""
+    cfg = OmegaConf.create(checkpoint["config"])
+    if not isinstance(cfg, DictConfig):
+        raise CheckpointError("the checkpoint's config is not a mapping; is it from `sslkit train`?")
+    return cfg
+
+
+def load_run(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
+    """A checkpoint (from a run directory or a file) and its run directory."""
+    file = resolve(path)
+    return load(file), run_dir_of(file)

@@ -6,40 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from sslkit.devices import World, pick_device
 from sslkit.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int
-    local_rank: int
-    size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def pick_device(spec: str, local_rank: int) -> torch.device:
-    """`auto`: this rank's GPU when CUDA is present, else the CPU."""
-    if spec == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"device='{spec}' is invalid; valid: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device='{spec}' but CUDA is not available; use device=cpu or device=auto")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 def init_world(device_spec: str = "auto") -> World:
@@ -81,7 +54,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "sslkit", *argv]
-    env = dict(os.environ, SSLKIT_LAUNCHED="1",
+    env = dict(os.environ,
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(default_threads(nproc))),
                # torchrun passes these on to every worker once; the workers stop at an agreed step
                TORCHELASTIC_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sslkit.errors import ConfigError
 
@@ -56,3 +59,23 @@ def claim_run_dir(path: Path, overwrite: bool) -> Path:
             elif target.exists() or target.is_symlink():
                 target.unlink()
     return writable_dir(path)
+
+
+def method_slug(method: str) -> str:
+    """A method's name for file names: `mocov2`, or `SimSiam` for `my_pkg.simsiam:SimSiam`."""
+    return method.replace(":", ".").split(".")[-1]
+
+
+def backbone_name(backbone: Mapping[str, Any]) -> str:
+    """A backbone config's name: the torchvision name, or the timm model's."""
+    return str(backbone["timm_name"] if backbone["name"] == "timm" else backbone["name"])
+
+
+def timestamped(*parts: str) -> Path:
+    """runs/<time>_<parts joined by _>: where a command writes when `out=` is not given."""
+    return Path("runs") / "_".join((time.strftime("%Y%m%d-%H%M%S"), *parts))
+
+
+def default_run_dir(method: str, backbone: Mapping[str, Any]) -> Path:
+    """runs/<time>_<method>_<backbone> for a training run."""
+    return timestamped(method_slug(method), backbone_name(backbone))

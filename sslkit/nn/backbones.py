@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from sslkit.errors import ConfigError, suggestion
@@ -81,11 +80,9 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:
     raise ConfigError(f"unknown backbone '{name}'; {suggestion(name, (*TORCHVISION, 'timm'))}")
 
 
-@torch.no_grad()
-def infer_feature_dim(model: nn.Module, image_size: int) -> int:
-    """Feature dimension measured with one dummy forward (for models that do not declare it)."""
-    was_training = model.training
-    model.eval()
-    out = model(torch.zeros(2, 3, image_size, image_size))
-    model.train(was_training)
-    return int(out.shape[-1])
+def backbone_from_state(cfg: dict[str, Any], method_state: dict[str, Any]) -> nn.Module:
+    """The trained backbone of a checkpoint: its method's `backbone.*` weights in a fresh backbone of `cfg`."""
+    backbone, _ = build_backbone(cfg)
+    state = {k[len("backbone."):]: v for k, v in method_state.items() if k.startswith("backbone.")}
+    backbone.load_state_dict(state)
+    return backbone

@@ -1,4 +1,4 @@
-"""`sslkit.train.train` in 2 gloo processes, stopped mid-epoch and resumed: the sampler shards and
+"""`sslkit.app.train.train` in 2 gloo processes, stopped mid-epoch and resumed: the sampler shards and
 reshuffles every epoch, the resumed epoch skips exactly what was seen, and both ranks resume from
 (and stay at) one state."""
 
@@ -29,8 +29,8 @@ def digest(state: dict[str, torch.Tensor], skip_bn_stats: bool = False) -> dict[
 
 
 def engine_worker(rank: int, world: int, out_dir: Path) -> None:
-    import sslkit.train as train_mod
-    from sslkit.cli import _resume_config
+    import sslkit.app.train as train_mod
+    from sslkit.app.launch import resume_config
     from sslkit.config import compose
     from sslkit.data.loader import ResumableSampler
 
@@ -46,9 +46,10 @@ def engine_worker(rank: int, world: int, out_dir: Path) -> None:
     ResumableSampler.__iter__ = record  # type: ignore[method-assign]
     real_fit, entries = train_mod.fit, []
 
-    def spy_fit(method, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def spy_fit(inputs, state=None):  # noqa: ANN001, ANN202
+        method = inputs.method
         entries.append({"rng": torch.get_rng_state().clone(), "state": digest(method.state_dict())})
-        state = real_fit(method, *args, **kwargs)
+        state = real_fit(inputs, state)
         entries[-1]["final"] = digest(method.state_dict(), skip_bn_stats=True)  # DDP keeps BN stats per rank
         entries[-1]["step"] = state.step
         return state
@@ -59,7 +60,7 @@ def engine_worker(rank: int, world: int, out_dir: Path) -> None:
     first = list(epochs)
     epochs.clear()
     torch.distributed.barrier()  # rank 0 writes the final checkpoint after the others have left fit
-    cfg, ckpt = _resume_config(str(run_dir), [f"trainer.resume={run_dir}",
+    cfg, ckpt = resume_config(str(run_dir), [f"trainer.resume={run_dir}",
                                               f"trainer.max_steps={SECOND_STOP}"])
     train_mod.train(cfg, ckpt)
     torch.save({"first": first, "resumed": list(epochs), "entries": entries,

@@ -28,12 +28,14 @@ def views() -> tuple[Tensor, Tensor]:
 
 
 def simclr(chunk_size: int | None = None, gather: bool = True) -> nn.Module:
+    from sslkit.build import method_defaults
     from sslkit.methods.simclr import SimCLR
 
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.Tanh(), nn.Linear(32, 16))  # no BatchNorm
     head = {"kind": "mlp", "hidden_dim": 24, "out_dim": 8}
-    method = SimCLR(backbone, 16, head, temperature=TAU, chunk_size=chunk_size, gather_distributed=gather)
+    method = SimCLR(backbone, 16, head,
+                    **method_defaults("simclr", temperature=TAU, chunk_size=chunk_size, gather_distributed=gather))
     return method.double()
 
 
@@ -57,20 +59,19 @@ def blockwise_ntxent(on: bool) -> contextlib.AbstractContextManager:
 
 
 def simclr_worker(rank: int, world: int, out_dir) -> None:
-    from sslkit.contrastive.distributed import all_reduce_mean_
-    from sslkit.engine.distributed import World
-    from sslkit.engine.loop import _wrap
+    from sslkit.devices import World, all_reduce_mean_
+    from sslkit.engine.parallel import wrap
 
     results = {}
     for name, (chunk_size, gather) in VARIANTS.items():
         method = simclr(chunk_size, gather)
-        model = _wrap(method, World(rank, rank, world, torch.device("cpu")))  # DDP, or grad cache: by hand
+        model = wrap(method, World(rank, rank, world, torch.device("cpu")))  # DDP, or grad cache: by hand
         assert (model is method) == (chunk_size is not None)
         x1, x2 = (v[rank * B:(rank + 1) * B] for v in views())
         with blockwise_ntxent(name.endswith("blockwise")):
             out = model([x1, x2])  # the engine's step, as in engine.loop.fit
         if not out.backward_done:
-            method._backward(out.loss)
+            method.backward(out.loss)
         if model is method:
             all_reduce_mean_([p.grad for p in method.parameters() if p.grad is not None])
         results[name] = {"loss": out.loss.detach(), "grads": grads(method)}

@@ -6,11 +6,12 @@ import pytest
 import torch
 import yaml
 
+from sslkit.app.train import train
 from sslkit.config import compose
 from sslkit.engine import budget
 from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.checkpoint import config_of
 from sslkit.errors import ConfigError
-from sslkit.train import resume_config, train
 from tests.conftest import needs_fashion
 
 BASE = ["data.subset=128", "data.batch_size=32", "method.queue_size=48", "trainer.progress=none",
@@ -55,6 +56,6 @@ def test_budget_fixes_the_total_and_the_run_equals_that_many_steps(tmp_path, mon
         raise AssertionError("a resume must keep the recorded schedule, not time again")
 
     monkeypatch.setattr(budget, "seconds_per_step", no_timing)
-    cfg = resume_config(saved)
+    cfg = config_of(saved)
     assert cfg.trainer.max_steps == 5 and cfg.trainer.time_budget == 0.25
     train(cfg, saved)  # already at step 5 of 5: returns without re-planning

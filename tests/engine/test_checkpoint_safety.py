@@ -10,7 +10,8 @@ import torch
 
 from sslkit.engine import checkpoint as ckpt
 from sslkit.errors import CheckpointError
-from tests.cli.test_cli_errors import _one_line_error
+from sslkit.files import save_atomic
+from tests.app.test_cli_errors import _one_line_error
 from tests.conftest import run_cli
 
 EVIL = """import os, torch
@@ -51,7 +52,7 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     np.random.randn()  # a cached Gaussian in numpy's state
     state = ckpt.rng_state()
     expected = _draws()
-    ckpt.save_atomic({"rng": state}, tmp_path / "r.pt")
+    save_atomic({"rng": state}, tmp_path / "r.pt")
     torch.manual_seed(9), np.random.seed(9), random.seed(9)
     ckpt.set_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
     assert _draws() == expected

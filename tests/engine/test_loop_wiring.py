@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslkit.build import method_defaults
 from sslkit.data.base import TensorImageDataset
 from sslkit.data.loader import ResumableSampler, train_loader
+from sslkit.devices import World
 from sslkit.engine import checkpoint as ckpt
-from sslkit.engine.distributed import World
 from sslkit.engine.logger import NullLogger
-from sslkit.engine.loop import LoopSettings, TrainingDiverged, fit, restore
+from sslkit.engine.loop import FitInputs, LoopSettings, TrainingDiverged, fit
 from sslkit.engine.schedule import build_scheduler
 from sslkit.engine.signals import Interrupted
+from sslkit.engine.state import restore
 from sslkit.errors import UserError, one_line
 from sslkit.methods.mocov2 import MoCoV2
 from tests.conftest import TinyEncoder
@@ -45,7 +47,8 @@ def make_views(images: torch.Tensor) -> list[torch.Tensor]:
 
 def parts():
     torch.manual_seed(0)
-    method = MoCoV2(TinyEncoder(8), 8, HEAD, queue_size=12, momentum=0.9, split_bn_groups=2)
+    method = MoCoV2(TinyEncoder(8), 8, HEAD,
+                    **method_defaults("mocov2", queue_size=12, momentum=0.9, split_bn_groups=2))
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     sched = build_scheduler(opt, {"schedule": "cosine", "warmup_epochs": 0.5}, STEPS, STEPS // EPOCHS)
     return method, opt, sched
@@ -53,8 +56,9 @@ def parts():
 
 def run(run_dir: Path, method, opt, sched, state=None, views=make_views, log_every: int = 1):
     loader = train_loader(dataset(), BATCH, seed=SEED)
-    settings = LoopSettings(epochs=EPOCHS, total_steps=STEPS, log_every=log_every, checkpoint_every=0)
-    return fit(method, loader, views, opt, sched, WORLD, settings, run_dir, NullLogger(), state)
+    settings = LoopSettings(epochs=EPOCHS, total_steps=STEPS, steps_per_epoch=STEPS // EPOCHS, log_every=log_every,
+                            checkpoint_every=0)
+    return fit(FitInputs(method, loader, views, opt, sched, WORLD, settings, run_dir, NullLogger()), state)
 
 
 @pytest.fixture

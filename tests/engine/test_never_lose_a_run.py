@@ -7,11 +7,12 @@ from collections import namedtuple
 
 import pytest
 
+from sslkit.app.train import train
 from sslkit.config import compose
 from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.checkpoint import config_of, load_run
 from sslkit.errors import CheckpointError
-from sslkit.train import load_checkpoint, resume_config, train
-from tests.cli.test_cli_errors import _one_line_error
+from tests.app.test_cli_errors import _one_line_error
 from tests.conftest import needs_fashion, run_cli
 
 pytestmark = needs_fashion
@@ -20,8 +21,8 @@ BASE = ["data.subset=64", "data.batch_size=32", "method.queue_size=64", "head.hi
 
 
 def _resume(run_dir, max_steps):
-    saved, _ = load_checkpoint(str(run_dir))
-    cfg = resume_config(saved)
+    saved, _ = load_run(str(run_dir))
+    cfg = config_of(saved)
     cfg.trainer.max_steps = max_steps
     return train(cfg, saved)
 

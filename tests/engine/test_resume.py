@@ -7,11 +7,13 @@ import signal
 import pytest
 import torch
 
+from sslkit.app.train import train
 from sslkit.config import compose
 from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.checkpoint import config_of, load_run
 from sslkit.engine.signals import Interrupted
+from sslkit.files import save_atomic
 from sslkit.methods.mocov2 import MoCoV2
-from sslkit.train import load_checkpoint, resume_config, train
 from tests.conftest import needs_fashion
 
 pytestmark = needs_fashion
@@ -38,9 +40,9 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
         train(compose(BASE + [f"out={tmp_path / 'b'}"]))
     assert stopped.value.exit_code == 130
     monkeypatch.setattr(MoCoV2, "after_step", original)
-    saved, run_dir = load_checkpoint(str(tmp_path / "b"))
+    saved, run_dir = load_run(str(tmp_path / "b"))
     assert saved["state"] == {"epoch": 0, "step": 2, "batch_in_epoch": 2}
-    train(resume_config(saved), saved)  # what `sslkit train trainer.resume=<run dir>` does
+    train(config_of(saved), saved)  # what `sslkit train trainer.resume=<run dir>` does
 
     a, b = _weights(straight), _weights(run_dir)
     assert a.keys() == b.keys()
@@ -61,13 +63,13 @@ def test_checkpoint_holds_everything_to_continue(tmp_path):
 
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "last.pt"
-    ckpt.save_atomic({"format": ckpt.FORMAT, "v": 1}, path)
+    save_atomic({"format": ckpt.FORMAT, "v": 1}, path)
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        ckpt.save_atomic({"v": Unpicklable()}, path)
+        save_atomic({"v": Unpicklable()}, path)
     assert torch.load(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -1,8 +1,8 @@
 """The engine passes every logged step's scalars to the method's `stall_check` and prints its warning."""
 
+from sslkit.app.train import train
 from sslkit.config import compose
 from sslkit.methods.mocov2 import MoCoV2
-from sslkit.train import train
 from tests.conftest import needs_fashion
 
 

@@ -8,6 +8,7 @@ import copy
 import torch
 from torch import nn
 
+from sslkit.build import method_defaults
 from sslkit.contrastive.grad_cache import cached_backward, embed_chunks
 from sslkit.contrastive.ntxent import ntxent_loss
 from sslkit.methods.simclr import SimCLR
@@ -77,7 +78,7 @@ def test_simclr_chunked_step_equals_direct_computation_with_the_same_chunks():
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                              nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    chunked = SimCLR(backbone, 16, HEAD, temperature=TAU, chunk_size=4).double().train()
+    chunked = SimCLR(backbone, 16, HEAD, **method_defaults("simclr", temperature=TAU, chunk_size=4)).double().train()
     direct = copy.deepcopy(chunked)
     direct.chunk_size, direct.custom_backward = None, False
     v1, v2 = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randn(6, 3, 8, 8, dtype=torch.float64)

@@ -8,7 +8,8 @@ import torch
 
 from sslkit.config import compose
 from sslkit.evaluation.monitor import KnnMonitor
-from sslkit.evaluation.plots import plot_training, read_metrics
+from sslkit.evaluation.plots import plot_training
+from sslkit.files import read_metrics
 from tests.conftest import TinyEncoder, needs_fashion
 
 pytestmark = needs_fashion

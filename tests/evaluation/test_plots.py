@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from sslkit.evaluation.plots import _series, plot_training, training_plot_callback
+from sslkit.files import read_metrics
 from tests.conftest import needs_fashion
 from tests.evaluation.pictures import assert_picture, has_colour
 
@@ -47,13 +48,13 @@ def test_callback_warns_instead_of_raising(tmp_path, capsys):
 
 @needs_fashion
 def test_training_refreshes_the_plot_at_each_checkpoint(tmp_path, monkeypatch):
+    from sslkit.app.train import train
     from sslkit.config import compose
     from sslkit.evaluation import plots
-    from sslkit.train import train
 
     seen = []
     real = plots.plot_training
-    monkeypatch.setattr(plots, "plot_training", lambda run: seen.append(len(plots.read_metrics(run))) or real(run))
+    monkeypatch.setattr(plots, "plot_training", lambda run: seen.append(len(read_metrics(run))) or real(run))
     train(compose(["data.subset=128", "data.batch_size=32", "trainer.max_steps=4", "method.queue_size=48",
                    "trainer.progress=none", "trainer.log_every_steps=1", "head.hidden_dim=64",
                    "trainer.checkpoint_every_steps=2", f"out={tmp_path / 'run'}"]))

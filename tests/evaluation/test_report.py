@@ -51,7 +51,7 @@ def make_run(run: Path) -> dict[str, Path]:
 
 
 def test_report_inlines_every_picture_and_table(tmp_path, capsys):
-    from sslkit.cli import main
+    from sslkit.app.cli import main
 
     run = tmp_path / "run"
     files = make_run(run)
@@ -69,7 +69,7 @@ def test_report_inlines_every_picture_and_table(tmp_path, capsys):
 
 
 def test_report_of_a_missing_run_is_one_line(tmp_path, capsys):
-    from sslkit.cli import main
+    from sslkit.app.cli import main
 
     assert main(["report", f"checkpoint={tmp_path / 'nope'}"]) == 2
     assert main(["report", f"checkpoint={tmp_path}"]) == 2  # a directory that is no run

@@ -100,8 +100,8 @@ def _folder(root, labelled=True):
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     """A 2-step MoCo v2 run on a labelled RGB image folder (3 colour classes)."""
+    from sslkit.app.train import train
     from sslkit.config import compose
-    from sslkit.train import train
 
     root = tmp_path_factory.mktemp("folder")
     _folder(root / "images")
@@ -114,7 +114,7 @@ def folder_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_retrieval_and_embedding_on_an_rgb_image_folder(folder_run, tmp_path):
-    from sslkit.evaluation.entry import run_evaluation
+    from sslkit.app.evaluate import run_evaluation
 
     run, _ = folder_run
     r = run_evaluation("retrieval", [f"checkpoint={run}", "eval.neighbours=4", "eval.queries=3", f"out={tmp_path}"])
@@ -141,7 +141,7 @@ def test_retrieval_and_embedding_on_an_rgb_image_folder(folder_run, tmp_path):
 @needs_fashion
 @pytest.mark.parametrize("evaluation", ["retrieval", "embedding"])
 def test_unlabelled_folder_is_a_one_line_error(trained_run, tmp_path, capsys, evaluation):
-    from sslkit.cli import main
+    from sslkit.app.cli import main
 
     _folder(tmp_path / "flat", labelled=False)
     rc = main(["eval", evaluation, f"checkpoint={trained_run}", "data=imagefolder", f"data.root={tmp_path / 'flat'}",

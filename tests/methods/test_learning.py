@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from sslkit.build import method_defaults
 from sslkit.methods.mocov2 import MoCoV2
 from sslkit.methods.simclr import SimCLR
 from tests.conftest import TinyEncoder
@@ -41,7 +42,7 @@ def train(method, batches: torch.Tensor, lr: float) -> list[float]:
 def test_simclr_starts_at_ln_2n_minus_1_and_learns_a_fixed_batch():
     torch.manual_seed(0)
     n = 32
-    m = SimCLR(TinyEncoder(16), 16, HEAD, temperature=TAU)
+    m = SimCLR(TinyEncoder(16), 16, HEAD, **method_defaults("simclr", temperature=TAU))
     losses = train(m, torch.rand(1, n, 3, 8, 8, generator=torch.Generator().manual_seed(1)), lr=0.03)
     chance = math.log(2 * n - 1)  # 1 positive and 2N-2 negatives
     assert abs(losses[0] - chance) < 0.05 * chance, (losses[0], chance)
@@ -52,7 +53,8 @@ def test_moco_starts_at_ln_k_plus_1_and_learns_fixed_images():
     """4 fixed batches in turn with a queue of 2 batches: the queue never holds the positives' own keys."""
     torch.manual_seed(0)
     n, k = 16, 32
-    m = MoCoV2(TinyEncoder(16), 16, HEAD, temperature=TAU, queue_size=k, momentum=0.9, split_bn_groups=4)
+    m = MoCoV2(TinyEncoder(16), 16, HEAD,
+               **method_defaults("mocov2", temperature=TAU, queue_size=k, momentum=0.9, split_bn_groups=4))
     batches = torch.rand(4, n, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():  # fill the queue with real keys (of the last 2 batches) instead of random vectors
         for x in batches[-(k // n):]:

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslkit.contrastive.infonce import infonce_loss
+from sslkit.build import method_defaults
+from sslkit.contrastive.infonce import infonce_logits, infonce_loss
 from sslkit.errors import ConfigError
 from sslkit.methods.mocov1 import MoCoV1
 from sslkit.methods.mocov2 import MoCoV2
@@ -12,7 +13,7 @@ HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2}
 
 def _moco(enc, **kw):
     torch.manual_seed(0)
-    return MoCoV2(enc, 16, HEAD, queue_size=24, momentum=0.9, split_bn_groups=2, **kw)
+    return MoCoV2(enc, 16, HEAD, **method_defaults("mocov2", queue_size=24, momentum=0.9, split_bn_groups=2, **kw))
 
 
 def test_key_encoder_gets_no_gradient_and_query_does(tiny_encoder):
@@ -31,7 +32,7 @@ def test_loss_is_infonce_against_queue_before_enqueue(tiny_encoder):
     with torch.no_grad():
         q = F.normalize(m.head(m.backbone(x1)), dim=1)
         k = F.normalize(m.head_k(m.backbone_k(x2)), dim=1)
-    torch.testing.assert_close(out.loss, infonce_loss(q, k, queue, 0.2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.loss, infonce_loss(q, k, queue, 0.2)[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(m.queue.keys, queue)  # nothing enqueued before after_step
     m.after_step(0.1)
     torch.testing.assert_close(m.queue.keys[:6], k, rtol=1e-4, atol=1e-5)
@@ -66,10 +67,10 @@ def test_split_bn_is_installed_on_one_device(tiny_encoder):
 
 
 def test_mocov1_defaults_and_validation(tiny_encoder):
-    m = MoCoV1(tiny_encoder, 16, {"kind": "linear", "out_dim": 8}, queue_size=16)
+    m = MoCoV1(tiny_encoder, 16, {"kind": "linear", "out_dim": 8}, **method_defaults("mocov1", queue_size=16))
     assert m.temperature == 0.07 and m.base_momentum == 0.999
     with pytest.raises(ConfigError, match="shuffle_bn"):
-        MoCoV1(tiny_encoder, 16, {"kind": "linear"}, shuffle_bn="sometimes")
+        MoCoV1(tiny_encoder, 16, {"kind": "linear"}, **method_defaults("mocov1", shuffle_bn="sometimes"))
 
 
 def test_symmetric_loss_sums_the_two_terms_like_the_cifar_demo(tiny_encoder):
@@ -82,7 +83,7 @@ def test_symmetric_loss_sums_the_two_terms_like_the_cifar_demo(tiny_encoder):
         with torch.no_grad():
             q = F.normalize(m.head(m.backbone(a)), dim=1)
             k = F.normalize(m.head_k(m.backbone_k(b)), dim=1)
-        terms.append(infonce_loss(q, k, queue, 0.2))
+        terms.append(infonce_loss(q, k, queue, 0.2)[0])
     summed = _moco(tiny_encoder, shuffle_bn="none", symmetric=True)([x1, x2]).loss
     mean = _moco(tiny_encoder, shuffle_bn="none", symmetric=True, symmetric_reduction="mean")([x1, x2]).loss
     torch.testing.assert_close(summed.detach(), terms[0] + terms[1], rtol=1e-4, atol=1e-5)
@@ -93,16 +94,14 @@ def test_symmetric_loss_sums_the_two_terms_like_the_cifar_demo(tiny_encoder):
 
 def test_infonce_logits_are_fp32_under_bf16_autocast(tiny_encoder, monkeypatch):
     import sslkit.methods.mocov1 as mocov1_module
-    from sslkit.contrastive.infonce import infonce_logits
-
     seen = []
 
     def spy(q, k, queue, tau):
-        out = infonce_logits(q, k, queue, tau)
-        seen.append(out.dtype)
+        out = infonce_loss(q, k, queue, tau)
+        seen.append(infonce_logits(q, k, queue, tau).dtype)
         return out
 
-    monkeypatch.setattr(mocov1_module, "infonce_logits", spy)
+    monkeypatch.setattr(mocov1_module, "infonce_loss", spy)
     m = _moco(tiny_encoder, shuffle_bn="none")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m([torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)])

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslkit.build import method_defaults
 from sslkit.config import compose
 from sslkit.methods.mocov2 import MoCoV2
 from tests.conftest import TinyEncoder
@@ -23,7 +24,7 @@ N = 16  # batch: a permutation of 16 rows is the identity with probability 1/16!
 def _moco(backbone: nn.Module | None = None, dim: int = 16, **kw) -> MoCoV2:
     torch.manual_seed(0)
     kw = {"queue_size": 48, "momentum": 0.9, "split_bn_groups": 4, **kw}
-    return MoCoV2(backbone or TinyEncoder(dim), dim, HEAD, **kw)
+    return MoCoV2(backbone or TinyEncoder(dim), dim, HEAD, **method_defaults("mocov2", **kw))
 
 
 def _batch(seed: int, n: int = N, size: int = 6, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,6 +1,7 @@
 import torch
 from torch import nn
 
+from sslkit.build import method_defaults
 from sslkit.contrastive.ntxent import ntxent_loss
 from sslkit.methods.simclr import SimCLR, paired_chunk_order
 
@@ -8,7 +9,7 @@ HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2}
 
 
 def test_both_views_receive_gradient(tiny_encoder):
-    m = SimCLR(tiny_encoder, 16, HEAD, temperature=0.5)
+    m = SimCLR(tiny_encoder, 16, HEAD, **method_defaults("simclr", temperature=0.5))
     x1 = torch.randn(4, 3, 8, 8, requires_grad=True)
     x2 = torch.randn(4, 3, 8, 8, requires_grad=True)
     m([x1, x2]).loss.backward()
@@ -17,7 +18,7 @@ def test_both_views_receive_gradient(tiny_encoder):
 
 
 def test_loss_is_ntxent_of_the_projections(tiny_encoder):
-    m = SimCLR(tiny_encoder, 16, HEAD, temperature=0.5)
+    m = SimCLR(tiny_encoder, 16, HEAD, **method_defaults("simclr", temperature=0.5))
     x1, x2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
     out = m([x1, x2])
     z = m.head(m.backbone(torch.cat([x1, x2])))
@@ -25,7 +26,7 @@ def test_loss_is_ntxent_of_the_projections(tiny_encoder):
 
 
 def test_chunked_step_runs_backward_itself(tiny_encoder):
-    m = SimCLR(tiny_encoder, 16, HEAD, temperature=0.5, chunk_size=4)
+    m = SimCLR(tiny_encoder, 16, HEAD, **method_defaults("simclr", temperature=0.5, chunk_size=4))
     out = m([torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)])
     assert out.backward_done and m.custom_backward
     assert all(p.grad is not None for p in m.parameters())
@@ -53,7 +54,7 @@ class RecordingEncoder(nn.Module):
 
 def test_chunks_hold_both_views_of_their_images_like_per_device_bn():
     enc = RecordingEncoder()
-    m = SimCLR(enc, 4, HEAD, temperature=0.5, chunk_size=3)
+    m = SimCLR(enc, 4, HEAD, **method_defaults("simclr", temperature=0.5, chunk_size=3))
     ids = torch.arange(12, dtype=torch.float32).view(12, 1, 1, 1).expand(12, 3, 2, 2)
     m([ids[:6].clone(), ids[6:].clone()])  # image i: view 1 is row i, view 2 is row 6 + i
     chunks = [sorted(c) for c in enc.calls]
@@ -66,7 +67,7 @@ def test_chunked_gradients_equal_per_chunk_bn_but_not_whole_batch_bn(tiny_encode
     import copy
 
     torch.manual_seed(0)
-    chunked = SimCLR(tiny_encoder, 16, HEAD, temperature=0.5, chunk_size=3).double()
+    chunked = SimCLR(tiny_encoder, 16, HEAD, **method_defaults("simclr", temperature=0.5, chunk_size=3)).double()
     direct = copy.deepcopy(chunked)
     direct.chunk_size, direct.custom_backward = None, False
     whole = copy.deepcopy(direct)
@@ -94,7 +95,7 @@ def test_ntxent_logits_are_fp32_under_bf16_autocast(tiny_encoder, monkeypatch):
         return ntxent_loss(z1, z2, tau, *args, **kwargs)
 
     monkeypatch.setattr(simclr_module, "ntxent_loss", spy)
-    m = SimCLR(tiny_encoder, 16, HEAD, temperature=0.5)
+    m = SimCLR(tiny_encoder, 16, HEAD, **method_defaults("simclr", temperature=0.5))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = m._embed(torch.randn(4, 3, 8, 8))
         assert z.dtype == torch.bfloat16  # the encoder runs in bf16 ...

@@ -7,6 +7,7 @@ import copy
 
 import torch
 
+from sslkit.build import method_defaults
 from sslkit.contrastive.ntxent import ntxent_loss
 from sslkit.methods.simclr import SimCLR
 from tests.conftest import TinyEncoder
@@ -16,7 +17,7 @@ HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2}
 
 def test_chunked_gradients_equal_the_direct_computation():
     torch.manual_seed(0)
-    cached = SimCLR(TinyEncoder(), 16, HEAD, temperature=0.5, chunk_size=4).double()
+    cached = SimCLR(TinyEncoder(), 16, HEAD, **method_defaults("simclr", temperature=0.5, chunk_size=4)).double()
     direct = copy.deepcopy(cached)
     g = torch.Generator().manual_seed(1)
     x1, x2 = (torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))

@@ -3,14 +3,21 @@ import torch
 import torchvision
 
 from sslkit.errors import ConfigError
-from sslkit.nn.backbones import build_backbone, infer_feature_dim
+from sslkit.nn.backbones import build_backbone
 from sslkit.nn.heads import build_head
 
 
 @pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet50", 2048)])
 def test_torchvision_backbones_pool_to_feature_dim(name, dim):
     model, d = build_backbone({"name": name})
-    assert d == dim == infer_feature_dim(model, 32)
+    assert d == dim == measured_dim(model, 32)
+
+
+@torch.no_grad()
+def measured_dim(model, image_size: int) -> int:
+    """The feature dimension of one dummy forward, against the dimension a backbone declares."""
+    model.eval()
+    return int(model(torch.zeros(2, 3, image_size, image_size)).shape[-1])
 
 
 def test_small_images_stem():
@@ -26,7 +33,7 @@ def test_timm_vit_is_built_for_the_data_size():
 
 def test_timm_backbone_and_errors():
     model, d = build_backbone({"name": "timm", "timm_name": "resnet10t"})
-    assert d == infer_feature_dim(model, 32)
+    assert d == measured_dim(model, 32)
     with pytest.raises(ConfigError, match="unknown timm model 'resnet10q'"):
         build_backbone({"name": "timm", "timm_name": "resnet10q"})
     with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
@@ -72,7 +79,7 @@ def test_head_defaults_follow_the_official_code():
 @pytest.mark.parametrize("name, expansion", [("resnet18", 1), ("resnet50", 4)])
 def test_width_scales_every_stage(name, expansion):
     model, d = build_backbone({"name": name, "small_images": True, "width": 16})
-    assert d == 16 * 8 * expansion == infer_feature_dim(model, 28)
+    assert d == 16 * 8 * expansion == measured_dim(model, 28)
     assert model.conv1.out_channels == 16 and model.bn1.num_features == 16
     for i, planes in enumerate((16, 32, 64, 128), 1):  # width x (1, 2, 4, 8), as torchvision's 64 x ...
         first = getattr(model, f"layer{i}")[0]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sslkit.cli import main
+from sslkit.app.cli import main
 from tests.conftest import needs_fashion
 
 TINY = ["eval.init=random", "eval.mosaic.canvas=64", "eval.mosaic.train_size=8", "eval.mosaic.test_size=4",

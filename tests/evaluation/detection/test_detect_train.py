@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from sslkit.engine.distributed import World
+from sslkit.devices import World
 from sslkit.errors import CheckpointError
 from sslkit.evaluation.detection.data import MosaicDataset
 from sslkit.evaluation.detection.metric import coco_ap

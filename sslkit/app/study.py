@@ -21,20 +21,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sslkit import overrides as ov
+from sslkit.app.batch_compare import check_batch_sizes, passed_on, run_batch_compare
+from sslkit.app.children import train_in_subprocess
+from sslkit.app.evaluate import output_dir
 from sslkit.config import compose
 from sslkit.errors import ConfigError
-
-from .batch_compare import (
-    Budget,
-    RunSpec,
-    check_batch_sizes,
-    evaluate_run,
-    passed_on,
-    queue_cap,
-    run_batch_compare,
-    train_in_subprocess,
-)
-from .context import output_dir, parse_keys
+from sslkit.evaluation.batch_compare import Budget, RunSpec, queue_cap, score_run
+from sslkit.evaluation.plots import save_figure
+from sslkit.files import read_metrics, write_json
 
 TABLES = ("table1", "table2")
 
@@ -63,8 +58,6 @@ TABLE1 = (
 
 def loss_curve(run_dir: Path) -> list[list[float]]:
     """[[step, loss], ...] from the run's metrics."""
-    from .plots import read_metrics
-
     return [[int(r["step"]), float(r["loss"])] for r in read_metrics(run_dir) if "loss" in r]
 
 
@@ -101,7 +94,7 @@ def table1_runs(cfg: DictConfig, base: list[str], out: Path, seed: int, budget: 
         print(f"study table1: seed {seed}: training {row.label} ({i}/{len(TABLE1)}) -> {run_dir}",
               file=sys.stderr, flush=True)
         trained = train_in_subprocess(ovr, out / "logs" / f"seed{seed}_{row.slug}.log", row.label)
-        scores = evaluate_run(run_dir, eval_cfg)
+        scores = score_run(run_dir, eval_cfg)
         curve = loss_curve(run_dir)
         rows.append({"table": "table1", "row": row.label, "seed": seed, "batch_size": batch,
                      "steps": curve[-1][0] if curve else 0, "images_seen": (curve[-1][0] if curve else 0) * batch,
@@ -160,8 +153,6 @@ def plot_study(rows: list[dict[str, Any]], path: Path, k: int) -> Path:
     """Accuracy (kNN at k, and linear) vs training wall time, one marker per run; loss curves beside."""
     from matplotlib.figure import Figure
 
-    from .plots import _save
-
     fig = Figure(figsize=(12, 4.2), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     labels = list(dict.fromkeys(r["row"] for r in rows))
@@ -184,16 +175,14 @@ def plot_study(rows: list[dict[str, Any]], path: Path, k: int) -> Path:
     ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="loss curves (every seed)")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_study(table: str, overrides: list[str]) -> dict[str, Any]:
     """Run `table` ("table1" or "table2") for every seed; write study.{md,json,png} in the output dir."""
-    from .entry import write_json
-
     if table not in TABLES:
         raise ConfigError(f"unknown study '{table}'; valid: {', '.join(TABLES)}")
-    if any(k == "eval" and group for k, group in parse_keys(overrides)):
+    if ov.chooses(overrides, "eval"):
         raise ConfigError("the study chooses its evaluation; set eval.* keys, not eval=...")
     start = time.perf_counter()
     cfg = compose(overrides, extra=["eval=study"])

@@ -6,7 +6,7 @@ import timm
 import torch
 import torchvision
 
-from sslkit.export import export_backbone
+from sslkit.app.export import export_backbone
 from sslkit.nn.backbones import build_backbone
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
+from sslkit.app.train import seed_everything, train
 from sslkit.config import as_dict, compose
 from sslkit.data import build_dataset
-from sslkit.engine.distributed import pick_device
+from sslkit.devices import pick_device
 from sslkit.nn.backbones import build_backbone
-from sslkit.train import seed_everything, train
 
 PRESET = "experiment=fmnist_demo"
 KS = (200, 20)

@@ -1,10 +1,47 @@
-"""Collectives for the contrastive parts; each is the identity outside torch.distributed."""
+"""Devices, ranks and collectives: the one place engine, methods and evaluation take them from.
+
+A bottom module: it imports nothing from sslkit but `sslkit.errors`. Every collective is the
+identity outside torch.distributed.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from sslkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes, and its device."""
+
+    rank: int
+    local_rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(spec: str, local_rank: int = 0) -> torch.device:
+    """`auto`: this rank's GPU when CUDA is present, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device='{spec}' is invalid; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device='{spec}' but CUDA is not available; use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def world_size() -> int:
@@ -44,7 +81,10 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: Tensor) -> Tensor:
     """All ranks' `x` concatenated along dim 0, differentiable (SimCLR's global negatives)."""
-    return x if world_size() == 1 else _GatherWithGrad.apply(x)
+    if world_size() == 1:
+        return x
+    out: Tensor = _GatherWithGrad.apply(x)
+    return out
 
 
 def broadcast_(x: Tensor, src: int = 0) -> Tensor:
@@ -63,3 +103,12 @@ def all_reduce_mean_(tensors: list[Tensor]) -> None:
     flat /= world_size()
     for t, synced in zip(tensors, torch._utils._unflatten_dense_tensors(flat, tensors), strict=True):
         t.copy_(synced)
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest `value` over ranks (e.g. the signal that asked one rank to stop)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

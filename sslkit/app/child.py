@@ -1,5 +1,6 @@
-"""`python -m sslkit.evaluation.child <report.json> train <overrides...>`: the sslkit CLI in a fresh
-process that then writes its exit code and peak memory (RSS, and CUDA when used) to `report.json`.
+"""`python -m sslkit.app.child <report.json> train <overrides...>`: `sslkit train` (the app's train
+command, not the CLI parser) in a fresh process that then writes its exit code and peak memory
+(RSS, and CUDA when used) to `report.json`.
 
 A fresh process per training run is what makes peak RSS measurable per run: ru_maxrss cannot be
 reset within a process.
@@ -22,12 +23,15 @@ def peak_rss_mb() -> float:
 
 
 def main(argv: list[str]) -> int:
-    report, args = Path(argv[0]), argv[1:]
-    from sslkit.cli import main as cli_main
+    report, command, overrides = Path(argv[0]), argv[1], argv[2:]
+    if command != "train":
+        raise SystemExit(f"sslkit.app.child: only `train` runs in a child process, not {command!r}")
+    from sslkit.app.exits import exit_code
+    from sslkit.app.launch import train_command
 
     code = 1
     try:
-        code = cli_main(args)
+        code = exit_code(lambda: train_command(overrides))
     finally:
         cuda_mb = None
         if "torch" in sys.modules:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sslkit import cli as sslkit_cli
+from sslkit.app import cli as sslkit_cli
+from sslkit.app import study
 from sslkit.config import compose
-from sslkit.evaluation import study
 from tests.conftest import needs_fashion
 
 
@@ -38,7 +38,7 @@ def test_summary_table_gives_mean_and_spread_over_seeds():
 
 
 def train_in_process(overrides: list[str], log: Path, label: str) -> dict:
-    from sslkit.train import train
+    from sslkit.app.train import train
 
     train(compose(overrides))
     return {"train_seconds": 1.0, "peak_rss_mb": 1.0, "peak_cuda_mb": None}

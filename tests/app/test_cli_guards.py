@@ -1,5 +1,5 @@
 """Every validation error and guard, through the CLI's entry point: one line on stderr and exit code 2,
-never a traceback, and nothing trained. In-process (`sslkit.cli.main`) on a hand-built 64-image IDX
+never a traceback, and nothing trained. In-process (`sslkit.app.cli.main`) on a hand-built 64-image IDX
 dataset, so each case costs a config composition and a model build, not a Python start-up."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sslkit import cli
-from sslkit.engine.distributed import World
+from sslkit.devices import World
 from tests.idx_files import write_idx_dataset
 
 
@@ -75,7 +75,7 @@ def world_of(monkeypatch):
     """Make `sslkit train` believe it runs as rank 0 of `size` CPU processes (its checks run first)."""
 
     def patch(size: int) -> None:
-        monkeypatch.setattr("sslkit.train.init_world", lambda spec: World(0, 0, size, torch.device("cpu")))
+        monkeypatch.setattr("sslkit.app.train.init_world", lambda spec: World(0, 0, size, torch.device("cpu")))
 
     return patch
 

@@ -3,7 +3,7 @@ through the real CLI. The bad inputs are the ones issue 10 lists."""
 
 import pytest
 
-from tests.cli.test_cli_errors import _one_line_error
+from tests.app.test_cli_errors import _one_line_error
 from tests.conftest import needs_fashion, run_cli
 
 SLOW = pytest.mark.slow

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sslkit import cli as sslkit_cli
+from sslkit.app import batch_compare as app_bc
+from sslkit.app import cli as sslkit_cli
 from sslkit.config import compose
 from sslkit.errors import ConfigError
 from sslkit.evaluation import batch_compare as bc
@@ -41,7 +42,7 @@ def plan(overrides: list[str], n_images: int, tmp_path: Path):
     cfg = compose(overrides, extra=["eval=batch_compare"])
     specs = bc.parse_runs(cfg.eval.runs)
     budget, notice = bc.plan_budget(cfg, specs, n_images)
-    runs = {s.label: bc.run_overrides(["trainer.threads=1"], cfg, s, tmp_path / s.dirname, budget) for s in specs}
+    runs = {s.label: app_bc.run_overrides(["trainer.threads=1"], cfg, s, tmp_path / s.dirname, budget) for s in specs}
     return budget, notice, runs
 
 
@@ -103,7 +104,7 @@ def test_moco_queue_is_capped_below_the_dataset_with_a_notice(tmp_path):
 
 
 def test_command_line_training_keys_are_passed_on():
-    base = bc.passed_on(["data.subset=64", "trainer.threads=1", "out=/elsewhere", "eval.k=[5]",
+    base = app_bc.passed_on(["data.subset=64", "trainer.threads=1", "out=/elsewhere", "eval.k=[5]",
                          "data.batch_size=7", "seed=3", "optim.warmup_fraction=0.5"])
     assert base == ["data.subset=64", "trainer.threads=1", "seed=3"]
 
@@ -119,7 +120,7 @@ def test_a_batch_larger_than_the_dataset_is_the_loaders_data_error(tmp_path, cap
 
 
 def train_in_process(overrides: list[str], log: Path, label: str) -> dict:
-    from sslkit.train import train
+    from sslkit.app.train import train
 
     train(compose(overrides))
     return {"train_seconds": 1.0, "peak_rss_mb": 123.0, "peak_cuda_mb": None}
@@ -127,7 +128,7 @@ def train_in_process(overrides: list[str], log: Path, label: str) -> dict:
 
 @needs_fashion
 def test_batch_compare_writes_table_json_and_plot(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bc, "train_in_subprocess", train_in_process)
+    monkeypatch.setattr(app_bc, "train_in_subprocess", train_in_process)
     code = sslkit_cli.main(["eval", "batch-compare", RUNS, *TINY, f"out={tmp_path}"])
     captured = capsys.readouterr()
     out, err = captured.out.strip().splitlines(), captured.err
@@ -177,7 +178,7 @@ def test_child_training_progress_is_relayed(capsys):
     import io
     import sys
 
-    from sslkit.evaluation.batch_compare import _relay
+    from sslkit.app.children import _relay
 
     log = io.StringIO()
     code = _relay([sys.executable, "-c", "print('sslkit: mocov2'); print('step 1/4 loss=2'); print('step 4/4')"],

@@ -1,7 +1,7 @@
 """The demo's verdict: 1.0 point over the better baseline at k=200 and at k=20, or it says NOT."""
 
+from sslkit.app.demo import PRESET, margins, verdict
 from sslkit.config import compose
-from sslkit.demo import PRESET, margins, verdict
 
 
 def _rows(trained, rand, pixels):
@@ -34,7 +34,7 @@ def test_run_demo_end_to_end_on_a_slice(tmp_path, monkeypatch, capsys):
 
     import torch
 
-    import sslkit.demo as demo
+    import sslkit.app.demo as demo
     from sslkit.config import as_dict
     from sslkit.data import build_dataset
     from sslkit.nn.backbones import build_backbone

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from sslkit.app.evaluate import eval_config, load_context, output_dir
 from sslkit.config import compose, to_yaml
 from sslkit.errors import CheckpointError, ConfigError
-from sslkit.evaluation.context import TrainedBackbone, eval_config, load_context, output_dir
+from sslkit.evaluation.context import TrainedBackbone
 
 
 def trained(**data) -> TrainedBackbone:

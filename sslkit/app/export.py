@@ -1,0 +1,74 @@
+"""`sslkit export` and `sslkit checkpoint upgrade`: a trained backbone as a plain state_dict for
+torchvision / timm models, and old checkpoints converted to the current format."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sslkit.config import as_dict
+from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.outputs import new_file
+from sslkit.errors import CheckpointError, ConfigError
+from sslkit.files import save_atomic
+from sslkit.nn.backbones import backbone_from_state
+from sslkit.overrides import key_values
+
+
+def backbone_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Backbone weights on the CPU with torchvision/timm key names (no `backbone.` prefix, no fc).
+
+    SplitBatchNorm2d and SyncBatchNorm keep BatchNorm2d's keys, so nothing needs renaming.
+    """
+    return {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+
+
+def export_backbone(backbone: nn.Module, path: Path) -> Path:
+    """Write the backbone as a state_dict that `torchvision.models.resnet50().load_state_dict(sd, strict=False)`
+    loads with only `fc.*` missing, and `timm.create_model(name, num_classes=0)` loads strictly."""
+    save_atomic(backbone_state(backbone), path)
+    return path
+
+
+def export_command(overrides: list[str]) -> int:
+    """`sslkit export checkpoint=<run dir or .pt> [out=<file>]`."""
+    opts = key_values(overrides, {"checkpoint", "out"})
+    if not opts.get("checkpoint"):
+        raise ConfigError("export needs checkpoint=<run dir or checkpoint .pt>")
+    saved, run_dir = ckpt.load_run(opts["checkpoint"])
+    out = Path(opts["out"]) if opts.get("out") else run_dir / "backbone.pt"
+    if opts.get("out"):  # the default <run dir>/backbone.pt is the run's own export; anything else must be new
+        new_file(out)
+    backbone = backbone_from_state(as_dict(ckpt.config_of(saved).backbone), saved["method"])
+    path = export_backbone(backbone, out)
+    print(f"exported backbone ({sum(p.numel() for p in backbone.parameters())} parameters) to {path}")
+    return 0
+
+
+def upgrade_command(file: str, overrides: list[str]) -> int:
+    """`sslkit checkpoint upgrade FILE [out=PATH]`: unpickles FILE (trusted files only)."""
+    opts = key_values(overrides, {"out"})
+    src = ckpt.resolve(file)
+    out = Path(opts["out"]) if opts.get("out") else src
+    if out != src and out.exists():
+        raise CheckpointError(f"out={out} exists; choose a new file")
+    print(f"sslkit: warning: unpickling {src} to convert it; this can run code from the file: upgrade only "
+          "checkpoints you trust", file=sys.stderr, flush=True)
+    backup = src.with_name(src.name + ".v1.bak")
+    if out == src:
+        if backup.exists():
+            raise CheckpointError(f"{backup} exists; move it away or pass out=<new file>")
+        shutil.copy2(src, backup)
+    version = ckpt.upgrade(src, out)
+    if version == ckpt.VERSION:
+        if out == src:
+            backup.unlink()
+        print(f"{src} is already format {ckpt.VERSION}; nothing to do")
+    else:
+        print(f"upgraded {src} from format {version} to {ckpt.VERSION}: {out}"
+              + (f" (the old file is {src.name}.v1.bak)" if out == src else ""))
+    return 0
