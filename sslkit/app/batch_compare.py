@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslkit import overrides as ov
 from sslkit.app.children import train_in_subprocess
-from sslkit.app.evaluate import output_dir
+from sslkit.app.eval_setup import output_dir
 from sslkit.config import compose
 from sslkit.data import build_dataset
 from sslkit.data.loader import steps_per_epoch, train_loader

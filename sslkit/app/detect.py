@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from sslkit import overrides as ov
-from sslkit.app.evaluate import eval_config, output_dir
+from sslkit.app.eval_setup import eval_config, output_dir
 from sslkit.engine.distributed import init_world, launch_torchrun, shutdown
 from sslkit.errors import CheckpointError, ConfigError
 from sslkit.evaluation.context import load_trained

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from sslkit import overrides as ov
 from sslkit.app.batch_compare import check_batch_sizes, passed_on, run_batch_compare
 from sslkit.app.children import train_in_subprocess
-from sslkit.app.evaluate import output_dir
+from sslkit.app.eval_setup import output_dir
 from sslkit.config import compose
 from sslkit.errors import ConfigError
 from sslkit.evaluation.batch_compare import Budget, RunSpec, queue_cap, score_run

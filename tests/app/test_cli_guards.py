@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sslkit import cli
+from sslkit.app import cli
 from sslkit.devices import World
 from tests.idx_files import write_idx_dataset
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sslkit.app.evaluate import eval_config, load_context, output_dir
+from sslkit.app.eval_setup import eval_config, load_context, output_dir
 from sslkit.config import compose, to_yaml
 from sslkit.errors import CheckpointError, ConfigError
 from sslkit.evaluation.context import TrainedBackbone
