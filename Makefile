@@ -55,8 +55,10 @@ test-all: setup chromium
 mutation: setup
 	$(BIN)/python mutation/run.py
 
+# ruff, then mypy over the installed layout (tools/typecheck.py; settings in pyproject's [tool.mypy])
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/python tools/typecheck.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .typecheck

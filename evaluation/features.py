@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from sslkit.data.base import num_images
 from sslkit.errors import DataError
 from sslkit.files import save_atomic
 
@@ -65,7 +66,7 @@ def backbone_features(backbone: nn.Module, dataset: Dataset, data: Mapping[str, 
     was_training = backbone.training
     backbone.eval()
     out: list[Tensor] = []
-    bar = Progress(len(dataset), desc, "img", progress)  # type: ignore[arg-type]
+    bar = Progress(num_images(dataset), desc, "img", progress)
     try:
         if getattr(dataset, "in_memory", False):
             images: Tensor = dataset.images  # type: ignore[attr-defined]
@@ -102,7 +103,7 @@ def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048, de
         batches = (x for x, _ in eval_loader(dataset, batch_size))
     from sslkit.engine.progress import Progress
 
-    with Progress(len(dataset), desc, "img", progress) as bar:  # type: ignore[arg-type]
+    with Progress(num_images(dataset), desc, "img", progress) as bar:
         for x in batches:
             x = x.float().div_(255.0)
             if x.shape[-2:] != (image_size, image_size):

@@ -52,7 +52,7 @@ def faiss_search(train_feats: Tensor, test_feats: Tensor, k: int, use_gpu: bool 
 
     train = np.ascontiguousarray(train_feats.detach().cpu().numpy(), dtype=np.float32)
     test = np.ascontiguousarray(test_feats.detach().cpu().numpy(), dtype=np.float32)
-    index = faiss.IndexFlatIP(train.shape[1])
+    index: Any = faiss.IndexFlatIP(train.shape[1])
     if use_gpu is None:
         use_gpu = hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available()
     if use_gpu:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from sslkit.data.base import num_images
 from sslkit.engine.progress import Progress
 from sslkit.errors import ConfigError
 
@@ -181,7 +182,7 @@ def train_protocol(backbone: nn.Module, dataset: Dataset, data: Mapping[str, Any
     opt: torch.optim.Optimizer | None = None
     sched: torch.optim.lr_scheduler.LRScheduler | None = None
     last_loss = float("nan")
-    bar = Progress(settings.epochs * len(dataset), "linear protocol", "img")  # type: ignore[arg-type]
+    bar = Progress(settings.epochs * num_images(dataset), "linear protocol", "img")
     try:
         for epoch in range(settings.epochs):
             total, count = 0.0, 0

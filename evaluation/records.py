@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sslkit.data.base import num_images
 from sslkit.errors import ConfigError
 
 from .context import EvalContext, as_subset, common_record, split_features
@@ -69,7 +70,7 @@ def run_linear(ctx: EvalContext) -> dict[str, Any]:
                                           ctx.device)
     train_seconds = time.perf_counter() - start
     top1, top5 = linear.classifier_accuracy(fc, test.feats, test.labels)
-    common = common_record(ctx, len(dataset), test, None)  # type: ignore[arg-type]
+    common = common_record(ctx, num_images(dataset), test, None)
     return {"evaluation": "linear", "mode": mode, "top1": top1, "top5": top5, "last_epoch_loss": last_loss,
             "settings": {"epochs": proto.epochs, "lr": proto.lr, "momentum": proto.momentum,
                          "weight_decay": proto.weight_decay, "milestones": list(proto.milestones),

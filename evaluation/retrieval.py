@@ -74,7 +74,9 @@ def plot_grid(panels: Sequence[tuple[str, Tensor]], queries: Sequence[int], trai
     rows, cols = len(queries), k + 1
     fig = Figure(figsize=(len(panels) * cols * 0.78 + 0.3 * (len(panels) - 1), rows * 0.92 + 0.5),
                  layout="constrained")
-    for sub, (title, idx) in zip(np.atleast_1d(fig.subfigures(1, len(panels), wspace=0.04)), panels, strict=True):
+    subfigs = fig.subfigures(1, len(panels), wspace=0.04)
+    subs = list(subfigs.flat) if isinstance(subfigs, np.ndarray) else [subfigs]
+    for sub, (title, idx) in zip(subs, panels, strict=True):
         axes = sub.subplots(rows, cols, squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.3})
         hits = 0
         for r, q in enumerate(queries):

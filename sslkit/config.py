@@ -32,7 +32,7 @@ def leaf_keys(node: Any, prefix: str = "") -> list[str]:
         return [prefix]
     keys = [prefix] if prefix else []
     for k in node.keys():
-        keys += leaf_keys(node._get_node(k), f"{prefix}.{k}" if prefix else str(k))
+        keys += leaf_keys(node._get_node(k), f"{prefix}.{str(k)}" if prefix else str(k))
     return keys
 
 
@@ -106,12 +106,12 @@ NULLABLE_INTS = {"data.subset", "data.num_workers", "trainer.max_steps", "traine
 def _check_types(base: DictConfig, cfg: DictConfig, prefix: str = "") -> None:
     """A value typed on the command line must have the type of the default it replaces."""
     for key in base.keys():
-        path = f"{prefix}{key}"
+        path = prefix + str(key)
         old, new = base._get_node(key), cfg._get_node(key) if key in cfg else None
         if isinstance(old, DictConfig) and isinstance(new, DictConfig):
             _check_types(old, new, path + ".")
             continue
-        if new is None or isinstance(new, DictConfig):
+        if old is None or new is None or isinstance(new, DictConfig):
             continue
         before, after = old._value(), new._value()
         kind = int if path in NULLABLE_INTS else type(before)

@@ -66,13 +66,13 @@ class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient and returns this rank's slice."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
         out = [torch.empty_like(x) for _ in range(world_size())]
         dist.all_gather(out, x.contiguous())
         return torch.cat(out)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
         # A copy: all_reduce works in place, and autograd may hand us a buffer that others still read.
         grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad)  # sum over ranks: every rank's loss depends on this rank's rows

@@ -43,8 +43,12 @@ def declared_defaults(cls: type[ContrastiveMethod]) -> dict[str, Any]:
         path = Path(inspect.getfile(cls)).parent / cls.defaults_file
         if not path.is_file():
             raise ConfigError(f"method {cls.__qualname__}: its defaults_file {path} does not exist")
-        loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        return dict(loaded) if isinstance(loaded, dict) else {}
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"method {cls.__qualname__}: its defaults_file {path} is not a mapping of parameters")
+        values = OmegaConf.to_container(loaded, resolve=True)
+        assert isinstance(values, dict)
+        return {str(k): v for k, v in values.items()}
     return {n: p.default for n, p in method_params(cls).items() if p.default is not p.empty}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ def coco_ap(predictions: Boxes, targets: Boxes) -> dict[str, float]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, annotations, categories = [], [], set()
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    categories: set[int] = set()
     for i, t in enumerate(targets):
         images.append({"id": i})
         crowd = t.get("iscrowd", torch.zeros(len(t["labels"]), dtype=torch.long))

@@ -30,8 +30,8 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
         with torch.no_grad():
             frozen.weight.copy_(module.weight if module.affine else torch.ones(module.num_features))
             frozen.bias.copy_(module.bias if module.affine else torch.zeros(module.num_features))
-            frozen.running_mean.copy_(module.running_mean)  # type: ignore[arg-type]
-            frozen.running_var.copy_(module.running_var)  # type: ignore[arg-type]
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
         return frozen
     for name, child in module.named_children():
         setattr(module, name, freeze_batchnorm(child))
@@ -72,8 +72,11 @@ class _C4Trunk(nn.Module):
 
     def __init__(self, backbone: nn.Module, out_channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(backbone.conv1, backbone.bn1, _act(backbone), backbone.maxpool,  # type: ignore[arg-type]
-                                  backbone.layer1, backbone.layer2, backbone.layer3)
+        act = _act(backbone)
+        assert act is not None, "not a ResNet: no stem activation"
+        stem: list[nn.Module] = [getattr(backbone, name) for name in ("conv1", "bn1")]
+        stages: list[nn.Module] = [getattr(backbone, name) for name in ("maxpool", *STAGES[:3])]
+        self.body = nn.Sequential(*stem, act, *stages)
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -137,5 +140,5 @@ def build_detector(backbone: nn.Module, num_classes: int, *, head: str = "fpn", 
                            box_head=_Res5Head(backbone.layer4),  # type: ignore[arg-type]
                            box_predictor=FastRCNNPredictor(channels[3], num_classes + 1), **common)
     if bn == "sync":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

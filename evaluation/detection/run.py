@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from sslkit.config import as_dict
+from sslkit.data.base import num_images
 from sslkit.devices import World
 from sslkit.engine.outputs import backbone_name
 from sslkit.errors import ConfigError
@@ -21,7 +22,7 @@ INITS = ("checkpoint", "random", "supervised")
 
 
 def _subset(ds: Dataset, n: Any) -> Dataset:
-    return ds if n is None or int(n) >= len(ds) else Subset(ds, range(int(n)))  # type: ignore[arg-type]
+    return ds if n is None or int(n) >= num_images(ds) else Subset(ds, range(int(n)))
 
 
 def _sizes(value: Any) -> int | list[int]:
@@ -66,7 +67,7 @@ def run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) -
                           "CUDA); on a CPU or in one process use eval.bn=train")
     torch.manual_seed(seed)  # the new layers (FPN, RPN, box head) start the same for every encoder
     model = build_detector(backbone, num_classes, head=str(e.head), bn=bn, trainable_stages=int(e.trainable_stages),
-                           anchor_sizes=[int(a) for a in e.anchor_sizes], min_size=_sizes(e.min_size),  # type: ignore[arg-type]
+                           anchor_sizes=[int(a) for a in e.anchor_sizes], min_size=_sizes(e.min_size),
                            max_size=int(e.max_size), image_mean=list(cfg.data.mean), image_std=list(cfg.data.std),
                            box_head_dim=int(e.box_head_dim), rois_per_image=int(e.rois_per_image),
                            proposals=int(e.proposals)).to(world.device)
@@ -93,8 +94,8 @@ def run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) -
         "evaluation": "detect", **ap, "torchmetrics": tm, "init": init,
         "checkpoint": str(trained.file) if trained else None,
         "backbone": backbone_name(b), "small_images": bool(b.get("small_images")),
-        "dataset": str(e.dataset), "num_classes": num_classes, "train_size": len(train_ds),  # type: ignore[arg-type]
-        "test_size": len(test_ds), "head": str(e.head), "bn": bn, "world_size": world.size,  # type: ignore[arg-type]
+        "dataset": str(e.dataset), "num_classes": num_classes, "train_size": num_images(train_ds),
+        "test_size": num_images(test_ds), "head": str(e.head), "bn": bn, "world_size": world.size,
         "device": str(world.device), "metric": "pycocotools COCOeval bbox (101-point, IoU .50:.95)",
         "settings": {**settings.__dict__, "milestones": list(settings.milestones), "min_size": _sizes(e.min_size),
                      "max_size": int(e.max_size), "anchor_sizes": [int(a) for a in e.anchor_sizes],

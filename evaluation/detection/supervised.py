@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sslkit.data import build_dataset
+from sslkit.data.base import num_images
 
 
 def pretrain_supervised(backbone: nn.Module, dim: int, data: Mapping[str, Any], steps: int, batch_size: int,
@@ -18,7 +19,7 @@ def pretrain_supervised(backbone: nn.Module, dim: int, data: Mapping[str, Any], 
     """SGD (momentum 0.9, wd 1e-4, cosine lr) on `data`'s labelled train split, images resized to
     `data.image_size` and normalised with its mean/std, random horizontal flips; trains in place."""
     ds = build_dataset(data, "train", data.get("subset"))
-    n = len(ds)  # type: ignore[arg-type]
+    n = num_images(ds)
     num_classes = int(getattr(ds, "num_classes", 0)) or 10
     fc = nn.Linear(dim, num_classes).to(device)
     backbone.to(device).train()

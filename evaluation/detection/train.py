@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from sslkit.data.base import num_images
 from sslkit.devices import World
 from sslkit.errors import CheckpointError, ConfigError
 from sslkit.files import save_atomic
@@ -76,7 +77,7 @@ def fine_tune(model: nn.Module, dataset: Dataset, s: FineTuneSettings, world: Wo
         torch.set_rng_state(state["rng"])
         step, losses = int(state["step"]), list(state["losses"])
         log(f"detect: resumed from {checkpoint} at step {step}")
-    n = len(dataset)  # type: ignore[arg-type]
+    n = num_images(dataset)
     if n == 0:
         raise ConfigError("the detection training set is empty")
     model.train()
@@ -87,10 +88,10 @@ def fine_tune(model: nn.Module, dataset: Dataset, s: FineTuneSettings, world: Wo
         loss_dict = model(images, targets)
         loss = sum(loss_dict.values())
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         opt.step()
         step += 1
-        value = float(loss.detach())  # type: ignore[union-attr]
+        value = float(loss.detach())
         losses.append(round(value, 5))
         if value != value or abs(value) == float("inf"):
             raise ConfigError(f"detection loss is {value} at step {step}; lower eval.lr")
@@ -117,7 +118,7 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, world: World) -
     net.eval()
     preds: dict[int, dict[str, Tensor]] = {}
     targets: dict[int, dict[str, Tensor]] = {}
-    mine = list(range(len(dataset)))[world.rank::world.size]  # type: ignore[arg-type]
+    mine = list(range(num_images(dataset)))[world.rank::world.size]
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
         images, tgts = _to([dataset[i] for i in idx], world.device)

@@ -34,6 +34,7 @@ from sslkit.app.children import train_in_subprocess
 from sslkit.app.eval_setup import output_dir
 from sslkit.config import compose
 from sslkit.data import build_dataset
+from sslkit.data.base import num_images
 from sslkit.data.loader import steps_per_epoch, train_loader
 from sslkit.engine.schedule import warmup_steps
 from sslkit.errors import ConfigError
@@ -96,7 +97,7 @@ def check_batch_sizes(cfg: DictConfig, specs: list[RunSpec]) -> int:
     dataset = build_dataset(cfg.data, "pretrain")
     for spec in specs:
         train_loader(dataset, spec.batch_size, world=int(cfg.trainer.devices))
-    return len(dataset)  # type: ignore[arg-type]
+    return num_images(dataset)
 
 
 def run_batch_compare(overrides: list[str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import DataLoader
 
 from sslkit.app.export import export_backbone
 from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_transform, resolve_backend
@@ -104,7 +106,7 @@ def _method_on_device(cfg: DictConfig, world: World, dataset: Any) -> tuple[Cont
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(world.device)
     if machine.channels_last:  # NHWC: faster convolutions on GPUs and on oneDNN CPUs
-        method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        method.to(memory_format=torch.channels_last)
     return method, dataset, make_views, machine
 
 
@@ -121,14 +123,19 @@ def _settings(cfg: DictConfig, spe: int, machine: Machine) -> LoopSettings:
                         precision=machine.precision, channels_last=machine.channels_last)
 
 
-def _fit_budget(cfg: DictConfig, settings: LoopSettings, timing: tuple[Any, ...], began: float,
-                minutes: float) -> tuple[LoopSettings, str]:
-    """Settings whose total steps end within `trainer.time_budget`, and a note for the first line.
-    `timing` is (method, loader, make_views, world, scaler)."""
-    batch, world = int(cfg.data.batch_size), timing[3]
-    step_s = time_budget.seconds_per_step(*timing[:4], settings, timing[4],
-                                          lambda m: build_optimizer(m, cfg.optim, batch),
-                                          lambda o, n: build_scheduler(o, cfg.optim, n, settings.steps_per_epoch))
+def _trial(cfg: DictConfig, method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, world: World,
+           settings: LoopSettings, scaler: torch.amp.GradScaler | None) -> FitInputs:
+    """What the time budget is measured on: a copy of the method with its own optimizer and schedule."""
+    trial = copy.deepcopy(method)
+    optimizer = build_optimizer(trial, cfg.optim, int(cfg.data.batch_size))
+    scheduler = build_scheduler(optimizer, cfg.optim, time_budget.TRIAL_STEPS, settings.steps_per_epoch)
+    return FitInputs(trial, loader, make_views, optimizer, scheduler, world, settings, Path(), NullLogger(), scaler)
+
+
+def _fit_budget(cfg: DictConfig, trial: FitInputs, began: float, minutes: float) -> tuple[LoopSettings, str]:
+    """Settings whose total steps end within `trainer.time_budget`, and a note for the first line."""
+    step_s = time_budget.seconds_per_step(trial)
+    settings, world = trial.settings, trial.world
     planned = [time_budget.steps_within(minutes * 60, time_budget.clock() - began, step_s)]
     if world.size > 1:  # every rank runs rank 0's plan
         dist.broadcast_object_list(planned, src=0)
@@ -164,10 +171,11 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
                           num_workers=machine.workers)
     settings = _settings(cfg, steps_per_epoch(len(dataset), batch, world.size), machine)
     scaler = torch.amp.GradScaler("cuda") if machine.precision == "fp16" and world.device.type == "cuda" else None
+    optimizer = build_optimizer(method, cfg.optim, batch)
     budget_note = ""
     if minutes is not None and resume_from is None:  # a resume keeps the total in its config
-        settings, budget_note = _fit_budget(cfg, settings, (method, loader, make_views, world, scaler), began, minutes)
-    optimizer = build_optimizer(method, cfg.optim, batch)
+        trial = _trial(cfg, method, loader, make_views, world, settings, scaler)
+        settings, budget_note = _fit_budget(cfg, trial, began, minutes)
     scheduler = build_scheduler(optimizer, cfg.optim, settings.total_steps, settings.steps_per_epoch)
     state = restore(resume_from, method, optimizer, scheduler, scaler) if resume_from is not None else TrainState()
     run_dir = _run_dir(cfg, world, state if resume_from is not None else None, method)

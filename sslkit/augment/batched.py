@@ -98,6 +98,9 @@ class BatchedAugment(torch.nn.Module):
     after each colour op), with one grey level of difference on about one pixel in 10^5.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, recipe: AugRecipe) -> None:
         super().__init__()
         self.recipe = recipe

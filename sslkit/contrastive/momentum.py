@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 SCHEDULES = ("constant", "cosine")
 
@@ -13,7 +13,7 @@ SCHEDULES = ("constant", "cosine")
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
     """Move `target`'s parameters towards `online`'s; buffers (BN statistics) are left alone."""
-    t_params = [p for p in target.parameters()]
+    t_params: list[Tensor] = list(target.parameters())
     o_params = [p.detach() for p in online.parameters()]
     if len(t_params) != len(o_params):
         raise ValueError("target and online modules have different parameters")

@@ -9,7 +9,7 @@ the value and gradient equal the dense computation's up to floating-point summat
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -113,18 +113,18 @@ class _BlockwiseNTXent(torch.autograd.Function):
     """Loss and gradient computed together in forward; backward only scales the stored gradient."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, z1: Tensor, z2: Tensor,  # type: ignore[override]
+    def forward(ctx: Any, z1: Tensor, z2: Tensor,
                 all_z1: Tensor | None, all_z2: Tensor | None, temperature: float, offset: int,
                 block: int) -> Tensor:
         res = ntxent_loss_and_grad(z1, z2, temperature, all_z1, all_z2, offset, block=block,
-                                   need_grad=any(ctx.needs_input_grad[:4]))  # type: ignore[attr-defined]
-        ctx.grads = res[1:]  # type: ignore[attr-defined]
+                                   need_grad=any(ctx.needs_input_grad[:4]))
+        ctx.grads = res[1:]
         return res.loss  # at least fp32, as cross_entropy under autocast
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+    def backward(ctx: Any,
                  grad: Tensor) -> tuple[Tensor | None, ...]:
-        grads = [None if g is None else g * grad.to(g.dtype) for g in ctx.grads]  # type: ignore[attr-defined]
+        grads = [None if g is None else g * grad.to(g.dtype) for g in ctx.grads]
         return (*grads, None, None, None)
 
 

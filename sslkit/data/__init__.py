@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
 from sslkit.errors import ConfigError, DataError, suggestion
+
+if TYPE_CHECKING:
+    from sslkit.data.base import TensorImageDataset
+    from sslkit.data.imagefolder import ImageFolderDataset
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder")
 SPLITS = ("pretrain", "train", "test")
@@ -35,6 +39,7 @@ def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None)
                         + (" or pass data.download=true" if name != "imagefolder" else ""))
     if split == "pretrain" and subset is None:
         subset = cfg.get("subset")
+    ds: TensorImageDataset | ImageFolderDataset
     if name in ("fashion_mnist", "mnist"):
         from sslkit.data.idx import load_idx_dataset
 
@@ -59,7 +64,7 @@ def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None)
     if subset is not None:
         if int(subset) <= 0:
             raise ConfigError(f"data.subset must be a positive number of images, got {subset}")
-        ds = ds.subset(int(subset), int(cfg.get("subset_seed") or 0))  # type: ignore[attr-defined]
+        ds = ds.subset(int(subset), int(cfg.get("subset_seed") or 0))
     return ds
 
 

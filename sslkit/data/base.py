@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 
 import torch
 from torch import Tensor
@@ -64,6 +64,13 @@ class TensorImageDataset(Dataset):
 
 class _Batch(tuple):
     """A pre-collated (images, targets) batch; `collate` passes it through untouched."""
+
+
+def num_images(dataset: Dataset) -> int:
+    """len(dataset): every sslkit dataset has one (torch's Dataset type does not declare it)."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"{type(dataset).__name__} has no length")
+    return len(dataset)
 
 
 def collate(batch: object) -> object:

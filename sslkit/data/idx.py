@@ -7,6 +7,7 @@ import os
 import struct
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,11 +15,11 @@ import torch
 from sslkit.data.base import TensorImageDataset
 from sslkit.errors import DataError
 
-FILES = {
+FILES: dict[str, tuple[str, ...]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-SOURCES = {
+SOURCES: dict[str, dict[str, Any]] = {
     "fashion_mnist": {
         "system": "/usr/share/datasets/fashion-mnist",
         "install": "apt-get install dataset-fashion-mnist (as root), or pass data.download=true",
@@ -33,7 +34,7 @@ SOURCES = {
         "classes": [str(i) for i in range(10)],
     },
 }
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: Path) -> np.ndarray:

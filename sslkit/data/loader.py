@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
-from sslkit.data.base import collate
+from sslkit.data.base import collate, num_images
 from sslkit.errors import DataError
 
 
@@ -45,7 +45,7 @@ def steps_per_epoch(n_images: int, global_batch: int, world: int) -> int:
 def train_loader(dataset: Dataset, global_batch: int, *, world: int = 1, rank: int = 0, seed: int = 0,
                  num_workers: int = 0, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
     """A loader of per-rank batches of `global_batch // world` images."""
-    n = len(dataset)  # type: ignore[arg-type]
+    n = num_images(dataset)
     if global_batch <= 0:
         raise DataError(f"data.batch_size must be positive, got {global_batch}")
     if global_batch % world:

@@ -10,30 +10,22 @@ of config.yaml and of every checkpoint, and a resume keeps it. Lightning's `max_
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader
-
-from sslkit.devices import World
 from sslkit.engine import checkpoint as ckpt
 from sslkit.engine.logger import NullLogger
-from sslkit.engine.loop import FitInputs, LoopSettings, MakeViews, fit
+from sslkit.engine.loop import FitInputs, fit
 from sslkit.errors import ConfigError
-from sslkit.methods.base import ContrastiveMethod
 
 clock: Callable[[], float] = time.perf_counter  # tests replace it
 WARMUP_STEPS = 3    # not timed: loader start, oneDNN/cuDNN primitive creation
 MEASURE_STEPS = 5   # timed
+TRIAL_STEPS = WARMUP_STEPS + MEASURE_STEPS
 SAFETY = 0.95       # share of the remaining time planned for (checkpoints, end of epochs, noise)
 
 
@@ -57,26 +49,23 @@ class _Timer(NullLogger):
         self.ends.append(clock())
 
 
-def seconds_per_step(method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, world: World,
-                     settings: LoopSettings, scaler: torch.amp.GradScaler | None,
-                     make_optim: Callable[[Any], Optimizer], make_sched: Callable[[Optimizer, int], LRScheduler],
-                     warmup: int = WARMUP_STEPS, measure: int = MEASURE_STEPS) -> float:
-    """Train a copy of `method` for warmup + measure steps; the mean seconds of the measured steps.
+def seconds_per_step(trial: FitInputs, warmup: int = WARMUP_STEPS, measure: int = MEASURE_STEPS) -> float:
+    """Train `trial` (a copy of the run's method, with its own optimizer and a schedule of
+    TRIAL_STEPS) for warmup + measure steps; the mean seconds of the measured steps.
 
     The global RNGs and the loader's generator are restored afterwards (the run's `fit` positions
     the sampler itself)."""
     warmup = max(1, warmup)
     rng = ckpt.rng_state()
+    loader = trial.loader
     gen = loader.generator.get_state() if loader.generator is not None else None
-    trial = copy.deepcopy(method)
-    optimizer = make_optim(trial)
     steps = warmup + measure
     timer = _Timer()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            trial_settings = replace(settings, total_steps=steps, checkpoint_every=0, log_every=steps + 1)
-            fit(FitInputs(trial, loader, make_views, optimizer, make_sched(optimizer, steps), world, trial_settings,
-                          Path(tmp), timer, scaler))
+            settings = replace(trial.settings, total_steps=steps, checkpoint_every=0, log_every=steps + 1)
+            fit(replace(trial, settings=settings, run_dir=Path(tmp), logger=timer, checkpoint_extra={},
+                        epoch_hooks=(), on_checkpoint=None))
     finally:
         ckpt.set_rng_state(rng)
         if gen is not None:

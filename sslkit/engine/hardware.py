@@ -39,7 +39,7 @@ def cpu_capability() -> str:
 def cpu_has_native_bf16() -> bool:
     """True where oneDNN runs bf16 natively on this CPU (AVX-512-BF16 or AMX), not by emulation."""
     try:
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # type: ignore[attr-defined]
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return True
     except (AttributeError, RuntimeError):
         pass
@@ -116,7 +116,7 @@ def _probe(model: nn.Module, image_size: int, batch: int, rounds: int, margin: f
     probe = copy.deepcopy(model).cpu().train()
     x = torch.randn(batch, 3, image_size, image_size)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    probe_cl = copy.deepcopy(probe).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    probe_cl = copy.deepcopy(probe).to(memory_format=torch.channels_last)
     _seconds(probe, x), _seconds(probe_cl, x_cl)  # warm-up: oneDNN primitive creation
     nchw, nhwc = float("inf"), float("inf")
     for _ in range(rounds):

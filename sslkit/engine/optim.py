@@ -31,7 +31,8 @@ def scaled_lr(lr: float, batch_size: int, scaling: str) -> float:
 
 def _groups(model: nn.Module, weight_decay: float, exclude_key: str) -> list[dict[str, Any]]:
     """Biases and 1-d (norm) parameters apart: no weight decay, no LARS adaptation."""
-    decay, plain = [], []
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (plain if p.ndim <= 1 else decay).append(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -23,7 +24,7 @@ def wrap(method: ContrastiveMethod, world: World) -> nn.Module:
     ids = [world.device.index] if world.device.type == "cuda" else None
     # Buffers (queue, BN statistics) were broadcast once above; syncing them every forward would
     # send the whole queue each step. torch >= 2.14 names the switch forward_sync_buffers.
-    no_sync = ({"forward_sync_buffers": False}
+    no_sync: dict[str, Any] = ({"forward_sync_buffers": False}
                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                else {"broadcast_buffers": False})
     return DistributedDataParallel(method, device_ids=ids, **no_sync)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from sslkit.errors import ConfigError, suggestion
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import ResNet
 
 TORCHVISION = ("resnet18", "resnet34", "resnet50")
 
@@ -15,7 +18,7 @@ TORCHVISION = ("resnet18", "resnet34", "resnet50")
 def _torchvision_resnet(name: str, small_images: bool, width: int = 64) -> tuple[nn.Module, int]:
     import torchvision
 
-    model = getattr(torchvision.models, name)(weights=None)
+    model: ResNet = getattr(torchvision.models, name)(weights=None)
     if width != 64:
         _rebuild_width(model, width)
     if small_images:
@@ -28,16 +31,17 @@ def _torchvision_resnet(name: str, small_images: bool, width: int = 64) -> tuple
     return model, dim
 
 
-def _rebuild_width(model: nn.Module, width: int) -> None:
+def _rebuild_width(model: ResNet, width: int) -> None:
     """The same ResNet with `width` stem channels (64 in He et al. 2016): stages width x (1, 2, 4, 8)."""
-    block = type(model.layer1[0])  # type: ignore[index]
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    block: type[BasicBlock] | type[Bottleneck] = Bottleneck if isinstance(model.layer1[0], Bottleneck) else BasicBlock
     depths = [len(getattr(model, f"layer{i}")) for i in range(1, 5)]
-    model.inplanes = width  # type: ignore[assignment]
+    model.inplanes = width
     model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
     model.bn1 = nn.BatchNorm2d(width)
     for i, depth in enumerate(depths):
-        setattr(model, f"layer{i + 1}", model._make_layer(block, width * 2**i, depth,  # type: ignore[operator]
-                                                          stride=1 if i == 0 else 2))
+        setattr(model, f"layer{i + 1}", model._make_layer(block, width * 2**i, depth, stride=1 if i == 0 else 2))
     model.fc = nn.Linear(width * 8 * block.expansion, 1000)
     for m in model.modules():  # torchvision's initialisation
         if isinstance(m, nn.Conv2d):
@@ -50,7 +54,7 @@ def _rebuild_width(model: nn.Module, width: int) -> None:
 def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, int]:
     import timm
 
-    sized = {"img_size": image_size} if image_size else {}  # ViTs and other fixed-size models
+    sized: dict[str, Any] = {"img_size": image_size} if image_size else {}  # ViTs and other fixed-size models
     try:
         try:
             model = timm.create_model(name, pretrained=False, num_classes=0, **sized)
@@ -61,7 +65,7 @@ def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, in
             raise ConfigError(f"unknown timm model '{name}'; "
                               f"{suggestion(name, timm.list_models())}".split("; valid:")[0]) from None
         raise
-    return model, int(model.num_features)
+    return model, int(vars(model)["num_features"])  # timm sets it in __init__
 
 
 def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:

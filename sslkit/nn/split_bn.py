@@ -6,6 +6,8 @@ queries and keys of the same image fall in different groups, so BN cannot leak t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,15 +29,15 @@ class _SplitBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor,
                 weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
                 running_var: Tensor | None, groups: int, momentum: float, eps: float) -> Tensor:
         n, c, h, w = x.shape
-        ctx.groups, ctx.eps, ctx.folded = groups, eps, x.is_contiguous()  # type: ignore[attr-defined]
-        if not ctx.folded and not x.is_contiguous(memory_format=torch.channels_last):  # type: ignore[attr-defined]
+        ctx.groups, ctx.eps, ctx.folded = groups, eps, x.is_contiguous()
+        if not ctx.folded and not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         out = torch.empty_like(x)
-        if ctx.folded:  # type: ignore[attr-defined]
+        if ctx.folded:
             fold = (n // groups, c * groups, h, w)
             means = None if running_mean is None else running_mean.repeat(groups)
             vars_ = None if running_var is None else running_var.repeat(groups)
@@ -63,13 +65,13 @@ class _SplitBatchNorm(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+    def backward(ctx: Any,
                  grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, mean, invstd = ctx.saved_tensors  # type: ignore[attr-defined]
-        groups, eps = ctx.groups, ctx.eps  # type: ignore[attr-defined]
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        x, weight, mean, invstd = ctx.saved_tensors
+        groups, eps = ctx.groups, ctx.eps
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         n, c, h, w = x.shape
-        if ctx.folded:  # type: ignore[attr-defined]
+        if ctx.folded:
             fold = (n // groups, c * groups, h, w)
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
                 grad.contiguous().view(fold), x.view(fold), _repeat(weight, groups), None, None, mean, invstd,
