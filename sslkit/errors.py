@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -25,16 +26,18 @@ class CheckpointError(UserError):
 
 
 def one_line(exc: BaseException) -> str:
-    """The message of `exc` on one line. An error re-raised from a DataLoader worker carries the
-    worker's traceback in its message; its last line is the original `Type: message`."""
+    """The message of `exc` on one short line: no newlines, no C++ source location. An error
+    re-raised from a DataLoader worker carries the worker's traceback in its message; its last line
+    is the original `Type: message`."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
     last = lines[-1].strip()
+    text = " ".join(lines)
     if len(lines) > 1 and "Traceback" in str(exc):
         _, sep, message = last.partition(": ")
-        return message if sep else last
-    return " ".join(line.strip() for line in lines)
+        text = message if sep else last
+    return re.sub(r"^.*\.(?:cpp|h):\d+, ", "", " ".join(text.split()))
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:

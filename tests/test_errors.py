@@ -14,3 +14,7 @@ def test_closest_and_suggestion():
     assert closest("mocov3", ["mocov1", "mocov2", "simclr"]) in {"mocov1", "mocov2"}
     assert closest("zzz", ["mocov1"]) is None
     assert suggestion("simclt", ["simclr", "mocov2"]) == "did you mean 'simclr'? valid: mocov2, simclr"
+
+
+def test_one_line_drops_cpp_source_locations_and_collapses_whitespace():
+    assert one_line(RuntimeError("/pytorch/c10/core/x.cpp:12, unexpected\n   end of  file")) == "unexpected end of file"

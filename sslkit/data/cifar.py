@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import shutil
 import tarfile
 import tempfile
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from sslkit.data.base import TensorImageDataset
-from sslkit.errors import DataError
+from sslkit.errors import DataError, one_line
 
 SOURCES: dict[str, dict[str, Any]] = {
     "cifar10": {
@@ -46,12 +45,6 @@ SOURCES: dict[str, dict[str, Any]] = {
     },
 }
 _PIXELS = 3 * 32 * 32
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line: no newlines, no C++ source locations."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return re.sub(r"^.*\.(?:cpp|h):\d+, ", "", text)
 
 
 def search_dirs(name: str, folder: str, root: str | None) -> list[Path]:

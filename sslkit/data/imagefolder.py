@@ -22,8 +22,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 from sslkit.data.base import Transform
-from sslkit.data.cifar import one_line
-from sslkit.errors import DataError
+from sslkit.errors import DataError, one_line
 
 TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 PIL_EXTENSIONS = (".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")  # torchvision.io cannot decode these

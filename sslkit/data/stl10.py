@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from sslkit.data.base import TensorImageDataset
-from sslkit.data.cifar import find_folder, one_line
-from sslkit.errors import ConfigError, DataError, suggestion
+from sslkit.data.cifar import find_folder
+from sslkit.errors import ConfigError, DataError, one_line, suggestion
 
 FOLDER = "stl10_binary"
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
