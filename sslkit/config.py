@@ -9,12 +9,12 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sslkit.errors import ConfigError, closest, suggestion
+from sslkit.overrides import parse
 
 CONFIG_DIR = Path(str(files("sslkit.configs")))
 GROUPS = ("backbone", "head", "aug", "optim", "data", "trainer", "eval", "method", "experiment")
@@ -46,10 +46,7 @@ def _rewrite(overrides: list[str]) -> tuple[list[str], list[str]]:
     """Split overrides into group choices and key assignments; map plug-in methods onto `custom`."""
     from sslkit.registry import available_methods, is_resolvable, resolve_method
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as exc:
-        raise ConfigError(f"cannot parse overrides {overrides}: {str(exc).splitlines()[0]}") from None
+    parsed = parse(overrides)
     groups, keys = [], []
     for text, ov in zip(overrides, parsed, strict=True):
         key = ov.key_or_group
@@ -77,7 +74,7 @@ def _check_keys(cfg: DictConfig, keys: list[str]) -> list[str]:
     returned rewritten as Hydra additions (`+method.x=v`) when the method's YAML lacks them."""
     valid = leaf_keys(cfg)
     out = []
-    for text, ov in zip(keys, OverridesParser.create().parse_overrides(keys), strict=True):
+    for text, ov in zip(keys, parse(keys), strict=True):
         key = ov.key_or_group
         if key in valid or ov.is_delete():
             out.append(text)

@@ -40,7 +40,8 @@ BUGS: dict[str, list[Edit]] = {
         ("evaluation/linear.py", "                opt.step()\n",
          "                opt.step()\n                assert sched is not None\n                sched.step()\n"),
         ("evaluation/linear.py", "            if sched is not None:\n                sched.step()\n", "")],
-    "set_epoch_0": [("sslkit/engine/loop.py", "sampler.set_epoch(state.epoch)", "sampler.set_epoch(0)")],
+    "set_epoch_0": [("sslkit/engine/loop.py", "self.sampler.start_epoch(s.epoch, s.batch_in_epoch)",
+                     "self.sampler.start_epoch(0, s.batch_in_epoch)")],
 }
 TESTS = ["tests/contrastive", "tests/methods/test_moco.py", "tests/methods/test_moco_wiring.py",
          "tests/methods/test_simclr.py", "tests/engine/test_loop_wiring.py",

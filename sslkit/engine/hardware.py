@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sslkit.errors import ConfigError
@@ -179,15 +180,14 @@ def cpu_split(cores: int, wants_workers: bool, threads: int | None = None, worke
     return CpuSplit(threads=max(1, int(threads)), workers=max(0, int(workers)))
 
 
-def apply_cpu_split(device: torch.device, wants_workers: bool, threads: object = None, workers: object = None,
-                    cores: int | None = None) -> CpuSplit:
+def apply_cpu_split(device: torch.device, wants_workers: bool, threads: int | str | None = None,
+                    workers: int | str | None = None, cores: int | None = None) -> CpuSplit:
     """Set torch's thread count for this process and return the split (workers as the loader should use).
 
     On CUDA the model runs on the GPU: only `threads`/`workers` given explicitly change anything, and
     workers default to what was asked (`workers`) or half the cores."""
-    explicit_threads = (int(threads) if threads not in (None, "", 0)  # type: ignore[call-overload]
-                        else env_threads())
-    explicit_workers = int(workers) if workers is not None else None  # type: ignore[call-overload]
+    explicit_threads = int(threads) if threads is not None and threads not in ("", 0) else env_threads()
+    explicit_workers = int(workers) if workers is not None else None
     cores = cores or usable_cores()
     if device.type == "cpu":
         split = cpu_split(cores, wants_workers, explicit_threads, explicit_workers)
@@ -230,13 +230,11 @@ def _probe_batch(image_size: int) -> int:
     return max(2, min(32, int(32 * (32 / max(1, image_size)) ** 2)))
 
 
-def fit_to_machine(cfg: object, device: torch.device, encoder: nn.Module, wants_workers: bool,
+def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wants_workers: bool,
                    probe: Callable[[], bool] | None = None) -> Machine:
     """Resolve trainer.precision/channels_last ("auto"), write the results back into `cfg` (so
     config.yaml and the checkpoint record them), and split the CPU between threads and workers."""
-    from omegaconf import OmegaConf
-
-    trainer, data = cfg.trainer, cfg.data  # type: ignore[attr-defined]
+    trainer, data = cfg.trainer, cfg.data
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
     split = apply_cpu_split(device, wants_workers, trainer.get("threads"), data.get("num_workers"),
                             max(1, usable_cores() // max(1, local)))
@@ -263,7 +261,7 @@ def fit_to_machine(cfg: object, device: torch.device, encoder: nn.Module, wants_
     if str(asked_layout) == "auto":
         how.append("auto layout: " + ("CUDA" if device.type == "cuda" else
                                       "run too short to probe" if short else "timed probe"))
-    OmegaConf.update(cfg, "trainer.precision", precision)  # type: ignore[arg-type]
-    OmegaConf.update(cfg, "trainer.channels_last", channels_last)  # type: ignore[arg-type]
+    OmegaConf.update(cfg, "trainer.precision", precision)
+    OmegaConf.update(cfg, "trainer.channels_last", channels_last)
     return Machine(precision, channels_last, split.threads, split.workers, "; ".join(how),
                    precision_warning(precision, device))
