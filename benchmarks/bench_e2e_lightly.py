@@ -1,6 +1,6 @@
 """End-to-end MoCo v2 throughput on Fashion-MNIST: sslkit's real training path vs lightly's parts.
 
-sslkit:  the unmodified `sslkit.train.train(compose([...]))`: in-memory dataset and loader, batched
+sslkit:  the unmodified `sslkit.app.train.train(compose([...]))`: in-memory dataset and loader, batched
          augmentation on the main process, engine loop (logging every 10 steps, scheduler, EMA, queue),
          shuffle_bn=auto (= SplitBatchNorm with 8 groups on one device, the method's default) and,
          separately, shuffle_bn=none.
@@ -192,7 +192,7 @@ class Interleaver:
 
 def run(args, shuffle_bn: str, images, workdir: Path) -> dict[str, list[list[float]]]:
     """One real `sslkit train` run with lightly blocks interleaved; per-round per-step seconds."""
-    import sslkit.train
+    import sslkit.app.train
     from sslkit.config import compose
 
     total_lightly = args.warmup + args.rounds * args.block
@@ -209,11 +209,11 @@ def run(args, shuffle_bn: str, images, workdir: Path) -> dict[str, list[list[flo
         "trainer.progress=none", f"trainer.threads={args.threads}", "device=cpu",
         f"out={workdir / f'sslkit_{shuffle_bn}'}",
     ])
-    real_train_loader = sslkit.train.train_loader
-    with mock.patch.object(sslkit.train, "train_loader",
+    real_train_loader = sslkit.app.train.train_loader
+    with mock.patch.object(sslkit.app.train, "train_loader",
                            lambda *a, **kw: interleaver.wrap(real_train_loader(*a, **kw))), \
             contextlib.redirect_stdout(io.StringIO()):  # train() prints a summary line
-        sslkit.train.train(cfg)
+        sslkit.app.train.train(cfg)
     if interleaver.rounds_done != args.rounds:
         raise RuntimeError(f"only {interleaver.rounds_done} of {args.rounds} rounds ran")
     return interleaver.times

@@ -79,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
     backbone, dim = build_backbone({"name": "resnet18", "small_images": args.small_images})
     head = {"kind": "mlp", "hidden_dim": 2048, "out_dim": 128, "num_layers": 2}
     chunk = args.chunk if args.mode == "cached" else None
-    method = SimCLR(backbone, dim, head, temperature=0.1, chunk_size=chunk).to(device).train()
+    method = SimCLR(backbone, dim, head, temperature=0.1, gather_distributed=True, chunk_size=chunk).to(device).train()
     opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
     size = args.image_size
 

@@ -32,7 +32,7 @@ import types
 import torch
 import torch.nn.functional as F
 from _common import interleaved, machine_info, plain_bn_copy, report
-from torch import nn
+from torch import Tensor, nn
 
 from sslkit.build import build_method
 from sslkit.config import compose
@@ -56,7 +56,6 @@ def sslkit_parts(overrides: list[str], batch: int, seed: int = 0):
     torch.manual_seed(seed)
     method = build_method(cfg).to(CPU)
     method.train()
-    method.set_backward(lambda loss: loss.backward())  # fit's backward without a grad scaler
     optimizer = build_optimizer(method, cfg.optim, batch)
     scheduler = build_scheduler(optimizer, cfg.optim, TOTAL_STEPS, max(1, 60000 // batch))
     return cfg, method, optimizer, scheduler
@@ -68,9 +67,9 @@ def sslkit_step(method, optimizer, scheduler, views):
 
     def step():
         with autocast(CPU, "32"):
-            out = method(views)
+            out = method(views, Tensor.backward)  # fit's backward without a grad scaler
         if not out.backward_done:
-            method._backward(out.loss)
+            out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()

@@ -13,10 +13,10 @@ import time
 import torch
 import torch.distributed as dist
 
+from sslkit.app.train import train
 from sslkit.config import compose
 from sslkit.contrastive.grad_cache import embed_chunks
 from sslkit.devices import _GatherWithGrad
-from sslkit.train import train
 
 
 def report(**kw: object) -> None:

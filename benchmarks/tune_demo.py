@@ -15,11 +15,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from sslkit.app.train import train
 from sslkit.augment import batch_eval_preprocess
 from sslkit.config import compose
 from sslkit.data import build_dataset
 from sslkit.nn.backbones import build_backbone
-from sslkit.train import train
 
 BASE = ["method=mocov2", "method.queue_size=4096", "method.momentum=0.99", "trainer.progress=none",
         "trainer.checkpoint_every_steps=0", "trainer.log_every_steps=50"]

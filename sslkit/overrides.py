@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException
+from typing import TYPE_CHECKING
 
 from sslkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 
 def check_form(overrides: Sequence[str]) -> None:
@@ -20,6 +20,9 @@ def check_form(overrides: Sequence[str]) -> None:
 
 def parse(overrides: Sequence[str]) -> list[Override]:
     """Hydra's parse of `overrides`, or a one-line ConfigError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
     try:
         return OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sslkit.app.eval_setup import load_context
 from sslkit.errors import ConfigError, suggestion
-from sslkit.evaluation.context import EvalContext
-from sslkit.files import write_json
+
+if TYPE_CHECKING:  # the CLI imports this module for EVALUATIONS: torch loads only when one runs
+    from sslkit.evaluation.context import EvalContext
 
 #: every `sslkit eval` subcommand and its help line: the one list of evaluations
 EVALUATIONS = {
@@ -37,9 +37,12 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
         from sslkit.app.detect import run_detect
 
         return run_detect(list(overrides))
-    ctx = load_context(name, list(overrides))
+    from sslkit.app.eval_setup import load_context
     from sslkit.data import decodes_images
     from sslkit.engine.hardware import apply_cpu_split
+    from sslkit.files import write_json
+
+    ctx = load_context(name, list(overrides))
 
     split = apply_cpu_split(ctx.device, decodes_images(str(ctx.data["name"])), ctx.cfg.trainer.get("threads"),
                             ctx.data.get("num_workers"))
