@@ -226,4 +226,4 @@ def as_dict(node: Any) -> dict[str, Any]:
     """A plain (container-free) dict of a config node."""
     out = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     assert isinstance(out, dict)
-    return out  # type: ignore[return-value]
+    return {str(k): v for k, v in out.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, TypeVar
 
 from sslkit.errors import ConfigError, suggestion
@@ -31,7 +31,7 @@ def _load_builtin() -> None:
     importlib.import_module("sslkit.methods")
 
 
-def _entry_points() -> dict[str, object]:
+def _entry_points() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
@@ -41,7 +41,7 @@ def available_methods() -> dict[str, type[ContrastiveMethod]]:
     for name, ep in _entry_points().items():
         if name not in _METHODS:
             try:
-                cls = ep.load()  # type: ignore[attr-defined]
+                cls = ep.load()
             except Exception as exc:  # a broken third-party plugin must not break `sslkit methods`
                 raise ConfigError(f"entry point '{name}' in group {ENTRY_POINT_GROUP} failed to load: {exc}") from None
             _METHODS.setdefault(name, cls)

@@ -44,7 +44,7 @@ def verdict(gains: dict[int, float], margin: float = MARGIN) -> str:
 
 def run_demo(overrides: list[str]) -> dict[str, Any]:
     """Train with the demo preset (plus `overrides`), evaluate three encoders, print and save a table."""
-    from sslkit.evaluation.features import backbone_features, pixel_features
+    from sslkit.evaluation.features import backbone_features, labels_and_classes, pixel_features
     from sslkit.evaluation.knn import knn_accuracy
 
     began = time.time()
@@ -55,7 +55,7 @@ def run_demo(overrides: list[str]) -> dict[str, Any]:
     device = pick_device(str(cfg.device), 0)
     data = as_dict(cfg.data)
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
-    y_train, y_test = train_set.targets, test_set.targets  # type: ignore[attr-defined]
+    (y_train, _), (y_test, _) = labels_and_classes(train_set), labels_and_classes(test_set)
 
     trained, _ = build_backbone(as_dict(cfg.backbone))
     trained.load_state_dict(torch.load(run_dir / "backbone.pt", weights_only=True))

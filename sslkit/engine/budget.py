@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from sslkit.engine import checkpoint as ckpt
 from sslkit.engine.logger import NullLogger
@@ -77,12 +78,12 @@ def seconds_per_step(trial: FitInputs, warmup: int = WARMUP_STEPS, measure: int 
     return (ends[-1] - ends[warmup - 1]) / (len(ends) - warmup)
 
 
-def budget_minutes(value: object) -> float | None:
+def budget_minutes(value: Any) -> float | None:
     """`trainer.time_budget` as minutes (None: no budget); a one-line error for anything else."""
     if value is None or value == "":
         return None
     try:
-        minutes = float(value)  # type: ignore[arg-type]
+        minutes = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"trainer.time_budget={value!r} is invalid: expected minutes (a number)") from None
     if not minutes > 0 or math.isinf(minutes):

@@ -28,9 +28,9 @@ def lr_factor(step: int, total: int, warmup: int, kind: str, milestones: tuple[f
     raise ConfigError(f"optim.schedule='{kind}' is invalid; valid: cosine, step, constant")
 
 
-def _number(value: object, key: str) -> float:
+def _number(value: Any, key: str) -> float:
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"optim.{key} must be a number, got {value!r}") from None
 
