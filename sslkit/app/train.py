@@ -210,10 +210,9 @@ def _finish(method: ContrastiveMethod, run_dir: Path, world: World, done: int, s
     print(f"{what} in {seconds:.0f}s{skipped}; run dir: {run_dir}", flush=True)
 
 
-def checkpoint_bytes(method: nn.Module) -> int:
+def checkpoint_bytes(method: ContrastiveMethod) -> int:
     """Disk a run needs for checkpoints: last.pt, prev.pt and the one being written (each about the
     method's state plus one optimizer buffer per trainable parameter), and backbone.pt."""
-    assert isinstance(method, ContrastiveMethod)
     state = tensor_bytes(dict(method.state_dict()))
     trainable = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
     return 3 * (state + trainable) + tensor_bytes(dict(method.encoder().state_dict()))
