@@ -89,7 +89,14 @@ def test_warmup_and_decay_scale_with_each_runs_length(tmp_path):
         assert lr_factor(total - 1, total, warm, str(run_cfg.optim.schedule)) < 0.01  # decays to the end
     assert shapes["simclr@256"] == pytest.approx(0.05, abs=1e-3)
     assert shapes["simclr@8192"] == pytest.approx(0.05, abs=1 / 35)  # 2 of 36 steps
-    assert shapes["mocov2@256"] == 0.0  # MoCo v2 has no warm-up
+    # MoCo v2 has no warm-up in the paper; at 32 px sslkit's small-image default (optim.warmup_epochs=auto)
+    # gives it one, which batch-compare scales to the same 5% of its run
+    assert shapes["mocov2@256"] == pytest.approx(0.05, abs=1e-3)
+    cfg = compose(["data.image_size=96"], extra=["eval=batch_compare"])
+    moco = next(s for s in bc.parse_runs(cfg.eval.runs) if s.method == "mocov2")
+    budget, _ = bc.plan_budget(cfg, [moco], 60000)
+    _, run_cfg, _ = app_bc.run_overrides(["data.image_size=96"], cfg, moco, tmp_path / "large", budget)
+    assert warmup_steps(run_cfg.optim, 100, 10) == 0  # large images: none, as in the paper
 
 
 def test_moco_queue_is_capped_below_the_dataset_with_a_notice(tmp_path):
