@@ -59,3 +59,15 @@ def test_budget_fixes_the_total_and_the_run_equals_that_many_steps(tmp_path, mon
     cfg = config_of(saved)
     assert cfg.trainer.max_steps == 5 and cfg.trainer.time_budget == 0.25
     train(cfg, saved)  # already at step 5 of 5: returns without re-planning
+
+
+@needs_fashion
+def test_a_refused_out_costs_no_timed_steps(tmp_path, monkeypatch):
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the run directory must be claimed before the budget is timed")
+
+    run = tmp_path / "taken"
+    train(compose(BASE + ["trainer.max_steps=1", f"out={run}"]))
+    monkeypatch.setattr(budget, "seconds_per_step", no_timing)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(compose(BASE + ["trainer.time_budget=0.25", f"out={run}"]))
