@@ -1,8 +1,9 @@
 """Feature extraction (what `sslkit eval knn` does) over an ImageFolder of small PNGs at 224 px:
 the old thread/worker policy against the new one, interleaved, each pass in a fresh process.
 
-old: data.num_workers=2 (the imagefolder default) and torch's default thread count (all cores);
-new: sslkit.engine.hardware.cpu_split, so torch threads + workers <= usable cores.
+old:  data.num_workers=2 (the imagefolder default) and torch's default thread count (all cores);
+new:  sslkit.engine.hardware.cpu_split for a loader that decodes images (threads + workers <= cores);
+main: cpu_split without workers: the main process decodes, every core is a torch thread.
 
     python benchmarks/bench_threads.py [--images 2000] [--rounds 2] [--size 224]
 
@@ -27,8 +28,8 @@ from sslkit.nn.backbones import build_backbone
 policy, root, size, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if policy == "old":
     workers, threads = 2, torch.get_num_threads()
-else:
-    split = apply_cpu_split(torch.device("cpu"), True)
+else:  # new: the split for a loader that decodes images; main: no workers, every core a torch thread
+    split = apply_cpu_split(torch.device("cpu"), policy == "new")
     workers, threads = split.workers, split.threads
 data = {"name": "imagefolder", "root": root, "image_size": size, "num_workers": workers,
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -73,24 +74,25 @@ def main() -> None:
     root = Path(args.root)
     write_pngs(root, max(args.images, 10000))
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # each policy picks its own
-    results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    policies = ("old", "new", "main")
+    results: dict[str, list[dict[str, float]]] = {p: [] for p in policies}
     for r in range(args.rounds):
-        for policy in (("old", "new") if r % 2 == 0 else ("new", "old")):  # interleaved, alternating order
+        for policy in (policies if r % 2 == 0 else policies[::-1]):  # interleaved, alternating order
             out = subprocess.run([sys.executable, "-c", CHILD, policy, str(root), str(args.size), str(args.images)],
                                  capture_output=True, text=True, env=env, check=True)
             rec = json.loads(out.stdout.strip().splitlines()[-1])
             results[policy].append(rec)
             print(json.dumps(rec), flush=True)
-    old = sum(r["img_per_s"] for r in results["old"]) / args.rounds
-    new = sum(r["img_per_s"] for r in results["new"]) / args.rounds
-    ratios = [n["img_per_s"] / o["img_per_s"] for o, n in zip(results["old"], results["new"], strict=True)]
     first = results["new"][0]
     print(f"cpu capability {first['cpu']}, {len(os.sched_getaffinity(0))} usable cores, load {os.getloadavg()[0]:.2f}; "
           f"{args.images} PNGs at {args.size} px, ResNet-18 features, batch 64")
-    print(f"old (2 workers + {results['old'][0]['threads']} threads): {old:.1f} img/s; "
-          f"new ({first['workers']} workers + {first['threads']} threads): {new:.1f} img/s; "
-          f"ratio new/old {new / old:.2f}x (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
-
+    old = sum(r["img_per_s"] for r in results["old"]) / args.rounds
+    for policy in policies:
+        rate = sum(r["img_per_s"] for r in results[policy]) / args.rounds
+        ratios = [n["img_per_s"] / o["img_per_s"] for o, n in zip(results["old"], results[policy], strict=True)]
+        rec = results[policy][0]
+        print(f"{policy} ({rec['workers']} workers + {rec['threads']} threads): {rate:.1f} img/s; "
+              f"vs old {rate / old:.2f}x (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
 
 if __name__ == "__main__":
     main()
