@@ -16,7 +16,8 @@ from tests.conftest import ROOT, needs_fashion, run_cli
 pytestmark = needs_fashion
 # 2 epochs of 4 steps; a checkpoint only at epoch ends, so a stop mid-epoch must write its own.
 BASE = ["data.subset=128", "data.batch_size=32", "trainer.epochs=2", "method.queue_size=48", "head.hidden_dim=64",
-        "trainer.progress=lines", "trainer.log_every_steps=1", "trainer.checkpoint_every_steps=0", "seed=7"]
+        "trainer.progress=lines", "trainer.log_every_steps=1", "trainer.checkpoint_every_steps=0", "seed=7",
+        "trainer.channels_last=false"]  # fixed: auto times a probe, which a loaded machine can decide the other way
 TOTAL = 8
 
 
