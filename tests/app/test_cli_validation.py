@@ -50,6 +50,7 @@ def test_plugin_params_come_from_its_signature(tmp_path):
     pytest.param("trainer.progress=fancy", ["trainer.progress=fancy is invalid"], marks=SLOW),
     pytest.param("trainer.threads=0", ["trainer.threads=0 is invalid"], marks=SLOW),
     ("optim.lr=-1", ["optim.lr=-1 is invalid: must be > 0"]),
+    pytest.param("optim.warmup_epochs=soon", ["optim.warmup_epochs=soon is invalid", "or auto"], marks=SLOW),
     pytest.param("method.queue_size=0", ["method.queue_size=0 is invalid"], marks=SLOW),
     pytest.param("data.num_workers=-1", ["data.num_workers=-1 is invalid"], marks=SLOW),
     pytest.param("out=/proc/x", ["cannot create out=/proc/x"], marks=SLOW),
