@@ -12,6 +12,10 @@ Both:    same images, batch size, queue K, temperature 0.2, momentum 0.99, 32 px
          momentum 0.9, wd 1e-4) with a per-step cosine schedule, data loading and augmentation inside
          the timed step.
 
+Memory format: sslkit runs with channels_last=auto. A run as short as this one would keep NCHW without
+timing (PROBE_MIN_STEPS), so the bench lets it time the probe that every run of >= 50 steps times, and
+prints what it chose (--no-probe-layout: the short run's NCHW, as the figures before 2026-11-30 were).
+
 Interleaving (the machine is shared and noisy): sslkit's `train()` runs as is, but its loader is wrapped
 so that after every `--block` sslkit steps one block of `--block` steps of each lightly variant runs in
 the same process (fresh DataLoader iterator per block, so a lightly worker never runs during sslkit's
@@ -193,6 +197,7 @@ class Interleaver:
 def run(args, shuffle_bn: str, images, workdir: Path) -> dict[str, list[list[float]]]:
     """One real `sslkit train` run with lightly blocks interleaved; per-round per-step seconds."""
     import sslkit.app.train
+    import sslkit.engine.hardware
     from sslkit.config import compose
 
     total_lightly = args.warmup + args.rounds * args.block
@@ -210,12 +215,18 @@ def run(args, shuffle_bn: str, images, workdir: Path) -> dict[str, list[list[flo
         f"out={workdir / f'sslkit_{shuffle_bn}'}",
     ])
     real_train_loader = sslkit.app.train.train_loader
+    # a run this short keeps NCHW untimed (PROBE_MIN_STEPS); a real run times the channels_last probe
+    min_steps = 0 if args.probe_layout else sslkit.engine.hardware.PROBE_MIN_STEPS
     with mock.patch.object(sslkit.app.train, "train_loader",
                            lambda *a, **kw: interleaver.wrap(real_train_loader(*a, **kw))), \
+            mock.patch.object(sslkit.engine.hardware, "PROBE_MIN_STEPS", min_steps), \
             contextlib.redirect_stdout(io.StringIO()):  # train() prints a summary line
-        sslkit.app.train.train(cfg)
+        run_dir = sslkit.app.train.train(cfg)
     if interleaver.rounds_done != args.rounds:
         raise RuntimeError(f"only {interleaver.rounds_done} of {args.rounds} rounds ran")
+    layout = "channels_last" if "channels_last: true" in (Path(run_dir) / "config.yaml").read_text() else "NCHW"
+    how = "timed probe, as a run of >= 50 steps" if args.probe_layout else "untimed NCHW of a short run"
+    log(f"  sslkit's memory format: {layout} ({how})")
     return interleaver.times
 
 
@@ -248,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-workers", default="0,1", help="lightly DataLoader workers to try (comma-separated)")
     p.add_argument("--sslkit-shuffle-bn", default="auto,none",
                    help="sslkit method.shuffle_bn values, one real train() run each (auto = split BN)")
+    p.add_argument("--no-probe-layout", dest="probe_layout", action="store_false",
+                   help="keep the untimed NCHW of a short run instead of the channels_last probe a real run times")
     p.add_argument("--subset", type=int, default=None,
                    help="Fashion-MNIST images (default: just over the steps the run needs)")
     args = p.parse_args(argv)

@@ -38,13 +38,13 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
 
         return run_detect(list(overrides))
     from sslkit.app.eval_setup import load_context
-    from sslkit.engine.hardware import apply_cpu_split, usable_cores
+    from sslkit.data import decodes_images
+    from sslkit.engine.hardware import apply_cpu_split
     from sslkit.files import write_json
 
     ctx = load_context(name, list(overrides))
-    cores = usable_cores()
-    split = apply_cpu_split(ctx.device, eval_wants_workers(str(ctx.data["name"]), cores),
-                            ctx.cfg.trainer.get("threads"), ctx.data.get("num_workers"), cores)
+    split = apply_cpu_split(ctx.device, decodes_images(str(ctx.data["name"])),
+                            ctx.cfg.trainer.get("threads"), ctx.data.get("num_workers"))
     ctx.data["num_workers"] = split.workers  # feature extraction and the linear probe's loader
     result = _runner(name)(ctx)
     result["seconds"] = round(time.perf_counter() - start, 3)
@@ -52,15 +52,6 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
     result["summary"] = summary(name, result, path)
     write_json(result, path)
     return result
-
-
-def eval_wants_workers(data_name: str, cores: int) -> bool:
-    """Whether an evaluation's loader gets DataLoader workers: only for decoded images on more than 2
-    cores. On 2 cores the main process decodes and both run the model: 1.6x the 1 worker + 1 thread
-    split for ResNet-18 features at 224 px (benchmarks/bench_threads.py, docs/benchmarks.md)."""
-    from sslkit.data import decodes_images
-
-    return decodes_images(data_name) and cores > 2
 
 
 def _runner(name: str) -> Callable[[EvalContext], dict[str, Any]]:

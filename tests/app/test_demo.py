@@ -19,6 +19,13 @@ def test_a_miss_at_one_k_is_said_plainly():
     gains = margins(_rows((81.0, 85.5), (78.4, 82.9), (79.6, 84.8)))  # +1.4 at k=200, +0.7 at k=20
     text = verdict(gains)
     assert "does NOT" in text and "+0.70 at k=20" in text and "+1.40 at k=200" in text
+    assert "at k=20, training longer does not" in text and "at k=200" not in text.split(";", 1)[1]
+
+
+def test_a_miss_at_k200_says_longer_training_passes_it():
+    gains = margins(_rows((79.5, 86.0), (74.7, 78.6), (78.9, 84.5)))  # +0.6 at k=200, +1.5 at k=20
+    text = verdict(gains)
+    assert "does NOT" in text and "at k=200, training longer passes it" in text and "at k=20," not in text
 
 
 def test_demo_preset_fits_the_machine():

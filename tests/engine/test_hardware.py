@@ -64,11 +64,15 @@ def test_probe_picks_the_faster_layout(monkeypatch, nhwc_seconds, expected):
 
 
 def test_cpu_split_arithmetic():
-    assert hw.cpu_split(2, wants_workers=True) == hw.CpuSplit(threads=1, workers=1)
+    # two cores or fewer: the main process decodes, every core runs the model (measured faster)
+    assert hw.cpu_split(2, wants_workers=True) == hw.CpuSplit(threads=2, workers=0)
     assert hw.cpu_split(2, wants_workers=False) == hw.CpuSplit(threads=2, workers=0)
     assert hw.cpu_split(1, wants_workers=True) == hw.CpuSplit(threads=1, workers=0)
+    # more cores: half of them (rounded down) decode
+    assert hw.cpu_split(3, wants_workers=True) == hw.CpuSplit(threads=2, workers=1)
     assert hw.cpu_split(16, wants_workers=True) == hw.CpuSplit(threads=8, workers=8)
     assert hw.cpu_split(7, wants_workers=True) == hw.CpuSplit(threads=4, workers=3)
+    assert hw.cpu_split(16, wants_workers=False) == hw.CpuSplit(threads=16, workers=0)
     # one of the two given: the other takes what is left
     assert hw.cpu_split(8, True, threads=6) == hw.CpuSplit(threads=6, workers=2)
     assert hw.cpu_split(8, True, workers=3) == hw.CpuSplit(threads=5, workers=3)
@@ -86,8 +90,8 @@ def test_apply_cpu_split_sets_torch_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
-        split = hw.apply_cpu_split(CPU, wants_workers=True, cores=2)
-        assert split == hw.CpuSplit(1, 1) and torch.get_num_threads() == 1
+        split = hw.apply_cpu_split(CPU, wants_workers=True, cores=4)
+        assert split == hw.CpuSplit(2, 2) and torch.get_num_threads() == 2
         split = hw.apply_cpu_split(CPU, wants_workers=False, threads=None, workers=0, cores=2)
         assert split == hw.CpuSplit(2, 0) and torch.get_num_threads() == 2
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # set by the user: counts as trainer.threads
