@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sslkit.devices import world_size
 from sslkit.errors import ConfigError
 
 PRECISIONS = ("auto", "32", "bf16", "fp16")
@@ -227,9 +228,11 @@ class Machine:
 PROBE_MIN_STEPS = 50  # runs shorter than this keep NCHW on a CPU without timing a probe
 
 
-def _probe_batch(image_size: int) -> int:
-    """32 images at 32 px, fewer for larger images (the probe stays around a second)."""
-    return max(2, min(32, int(32 * (32 / max(1, image_size)) ** 2)))
+def _probe_batch(image_size: int, batch: int) -> int:
+    """The run's own per-process batch, capped at 256 images of 32 px (fewer for larger images), so the
+    probe costs a few steps at most. The faster format depends on the batch: with split BN, 32 images
+    timed NCHW faster where the run's 256 ran 1.27x faster in NHWC (docs/benchmarks.md, item 7)."""
+    return max(2, min(int(batch), int(256 * (32 / max(1, image_size)) ** 2)))
 
 
 def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wants_workers: bool,
@@ -245,8 +248,9 @@ def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wa
     size = int(data.image_size)
     max_steps = trainer.get("max_steps")
     short = bool(max_steps) and int(max_steps) < PROBE_MIN_STEPS and trainer.get("time_budget") is None
-    if probe is None:  # a probe costs about one step; for a few steps NCHW is kept untimed
-        probe = (lambda: False) if short else (lambda: probe_channels_last(encoder, size, _probe_batch(size)))
+    if probe is None:  # a probe costs a few steps; for a few steps NCHW is kept untimed
+        batch = max(1, int(data.batch_size) // max(1, world_size()))
+        probe = (lambda: False) if short else (lambda: probe_channels_last(encoder, size, _probe_batch(size, batch)))
     channels_last = resolve_channels_last(asked_layout, device, probe)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # a timed probe can differ between ranks; DDP needs one memory format, so rank 0 decides

@@ -126,3 +126,18 @@ def test_short_cpu_runs_skip_the_layout_probe(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert machine.channels_last is False and "too short" in machine.how
+
+
+def test_the_layout_probe_times_the_runs_own_batch(monkeypatch):
+    seen = []
+    monkeypatch.setattr(hw, "probe_channels_last", lambda model, size, batch: seen.append((size, batch)) or True)
+    before = torch.get_num_threads()
+    try:
+        for overrides in (["data.batch_size=256", "data.image_size=32"], ["data.batch_size=64", "data.image_size=32"],
+                          ["data.batch_size=256", "data.image_size=224"]):
+            hw.fit_to_machine(compose(overrides), CPU, TinyEncoder(), wants_workers=False)
+    finally:
+        torch.set_num_threads(before)
+    # the run's batch at 32 px (not a fixed 32 images); capped at 256 x (32/size)^2 images for larger ones
+    assert seen == [(32, 256), (32, 64), (224, 5)]
+    assert hw._probe_batch(8, 1) == 2  # never fewer than 2 images (batch norm needs them)
