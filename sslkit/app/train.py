@@ -144,21 +144,17 @@ def _fit_budget(cfg: DictConfig, trial: FitInputs, began: float, minutes: float)
     return replace(settings, total_steps=total), f" (trainer.time_budget={minutes:g} min at {step_s:.3g} s/step)"
 
 
-def _run_dir(cfg: DictConfig, world: World, resumed: TrainState | None, method: ContrastiveMethod,
-             claimed: Path | None) -> Path:
-    """The run directory (`claimed` for a new run; config.yaml written), and each rank's augmentation seed."""
-    if resumed is not None:
-        run_dir = Path(str(cfg.out))
-        if world.rank > 0:  # the checkpoint holds rank 0's RNG state; keep the ranks' augmentations apart
-            seed_everything(int(cfg.seed) + 1000 * world.rank + 1 + resumed.step)
-    else:
-        run_dir = claimed if claimed is not None else new_run_dir(cfg, world)
+def _prepare_run_dir(cfg: DictConfig, world: World, run_dir: Path, resumed: TrainState | None,
+                     method: ContrastiveMethod) -> None:
+    """Write config.yaml into `run_dir` (after a free-space check) and seed each rank's augmentations."""
+    if resumed is None:
         seed_everything(int(cfg.seed) + 1000 * world.rank + 1)  # different augmentations per rank
+    elif world.rank > 0:  # the checkpoint holds rank 0's RNG state; keep the ranks' augmentations apart
+        seed_everything(int(cfg.seed) + 1000 * world.rank + 1 + resumed.step)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.check_free_space(run_dir, checkpoint_bytes(method))
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    return run_dir
 
 
 def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) -> Path:
@@ -174,13 +170,14 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
     scaler = torch.amp.GradScaler("cuda") if machine.precision == "fp16" and world.device.type == "cuda" else None
     optimizer = build_optimizer(method, cfg.optim, batch)
     budget_note = ""
-    claimed = new_run_dir(cfg, world) if resume_from is None else None  # a refused out= costs no timed steps
+    # claimed before the budget is timed: a refused out= costs no timed steps
+    run_dir = new_run_dir(cfg, world) if resume_from is None else Path(str(cfg.out))
     if minutes is not None and resume_from is None:  # a resume keeps the total in its config
         trial = _trial(cfg, method, loader, make_views, world, settings, scaler)
         settings, budget_note = _fit_budget(cfg, trial, began, minutes)
     scheduler = build_scheduler(optimizer, cfg.optim, settings.total_steps, settings.steps_per_epoch)
     state = restore(resume_from, method, optimizer, scheduler, scaler) if resume_from is not None else TrainState()
-    run_dir = _run_dir(cfg, world, state if resume_from is not None else None, method, claimed)
+    _prepare_run_dir(cfg, world, run_dir, state if resume_from is not None else None, method)
     logger = (RunLogger(run_dir, settings.total_steps, state.step, str(cfg.trainer.progress)) if world.is_main
               else NullLogger())
     logger.message(f"sslkit: {cfg.method.name} on {cfg.data.name} ({len(dataset)} images), {world.size} x "
