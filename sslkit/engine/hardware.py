@@ -231,7 +231,7 @@ PROBE_MIN_STEPS = 50  # runs shorter than this keep NCHW on a CPU without timing
 def _probe_batch(image_size: int, batch: int) -> int:
     """The run's own per-process batch, capped at 256 images of 32 px (fewer for larger images), so the
     probe costs a few steps at most. The faster format depends on the batch: with split BN, 32 images
-    timed NCHW faster where the run's 256 ran 1.27x faster in NHWC (docs/benchmarks.md, item 7)."""
+    timed NHWC 0.91x NCHW where the run's 256 ran 1.08-1.25x (benchmarks/bench_probe_batch.py)."""
     return max(2, min(int(batch), int(256 * (32 / max(1, image_size)) ** 2)))
 
 
