@@ -26,6 +26,9 @@ class _SplitBatchNorm(torch.autograd.Function):
 
     NCHW: the groups folded into channels, a view, through the native batch-norm kernels.
     channels_last: statistics reduced over the view (N/G, G, H*W, C); no copy of the input either.
+
+    Reduced precision (bf16/fp16 activations under autocast, fp32 parameters and running stats): the
+    statistics and the gradient sums are kept in fp32, as the native kernel's mixed-type path keeps them.
     """
 
     @staticmethod
@@ -41,7 +44,9 @@ class _SplitBatchNorm(torch.autograd.Function):
             fold = (n // groups, c * groups, h, w)
             means = None if running_mean is None else running_mean.repeat(groups)
             vars_ = None if running_var is None else running_var.repeat(groups)
-            save_mean, save_invstd = x.new_empty(c * groups), x.new_empty(c * groups)
+            stats = _stat_dtype(x, weight, bias, running_mean, running_var)
+            save_mean = x.new_empty(c * groups, dtype=stats)
+            save_invstd = x.new_empty(c * groups, dtype=stats)
             torch.ops.aten.native_batch_norm.out(
                 x.view(fold), _repeat(weight, groups), _repeat(bias, groups), means, vars_, True, momentum,
                 eps, out=out.view(fold), save_mean=save_mean, save_invstd=save_invstd)
@@ -51,7 +56,7 @@ class _SplitBatchNorm(torch.autograd.Function):
             ctx.save_for_backward(x, weight, save_mean, save_invstd)
             return out
         xg = _cl_groups(x, groups)
-        var, mean = torch.var_mean(xg, dim=(0, 2), correction=0)  # (G, C)
+        var, mean = torch.var_mean(_acc(xg), dim=(0, 2), correction=0)  # (G, C), fp32 for bf16/fp16 input
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight
         shift = -mean * scale if bias is None else bias - mean * scale
@@ -79,8 +84,8 @@ class _SplitBatchNorm(torch.autograd.Function):
             return (dx.view(n, c, h, w) if need_x else None,
                     dw.view(groups, c).sum(0) if need_w and weight is not None else None,
                     db.view(groups, c).sum(0) if need_b else None, None, None, None, None, None)
-        dy = _cl_groups(grad.contiguous(memory_format=torch.channels_last), groups)
-        xg = _cl_groups(x, groups)
+        dy = _acc(_cl_groups(grad.contiguous(memory_format=torch.channels_last), groups))
+        xg = _acc(_cl_groups(x, groups))
         count = xg.shape[0] * xg.shape[2]
         sum_dy = dy.sum((0, 2))                                              # (G, C)
         sum_dy_xhat = ((dy * xg).sum((0, 2)) - mean * sum_dy) * invstd
@@ -88,13 +93,24 @@ class _SplitBatchNorm(torch.autograd.Function):
         if need_x:
             a = invstd if weight is None else invstd * weight
             k = sum_dy_xhat / count
-            dx = torch.empty_like(x)
+            dx = torch.empty_like(x, dtype=xg.dtype)  # fp32 for bf16/fp16 input, cast once at the end
             dxg = _cl_groups(dx, groups)  # a * (dy - mean(dy) - xhat * mean(dy * xhat)), per group
             torch.addcmul((a * (mean * invstd * k - sum_dy / count)).unsqueeze(1), dy, a.unsqueeze(1), out=dxg)
             dxg.addcmul_(xg, (-a * invstd * k).unsqueeze(1))
+            dx = dx.to(x.dtype)
         dw = sum_dy_xhat.sum(0) if need_w and weight is not None else None
         db = sum_dy.sum(0) if need_b else None
         return dx, dw, db, None, None, None, None, None
+
+
+def _acc(t: Tensor) -> Tensor:
+    """t in fp32 where it is bf16/fp16 (statistics accumulate in fp32), else t itself (no copy)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _stat_dtype(x: Tensor, *params: Tensor | None) -> torch.dtype:
+    """The dtype of the native kernel's saved mean/invstd: the parameters' (mixed type) or x's own."""
+    return next((p.dtype for p in params if p is not None), x.dtype)
 
 
 def _repeat(t: Tensor | None, groups: int) -> Tensor | None:

@@ -123,3 +123,45 @@ def test_momentum_none_is_a_cumulative_average():
         bn(x)
     group_means = [torch.stack([x[b::2].mean(dim=(0, 2, 3)) for b in range(2)]).mean(0) for x in xs]
     torch.testing.assert_close(bn.running_mean, (group_means[0] + group_means[1]) / 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reduced_precision_equals_batch_norm_per_group_and_fp32(dtype, channels_last):
+    """bf16/fp16 activations with fp32 parameters (what autocast hands BN): forward and backward run,
+    equal F.batch_norm applied per group to the same reduced input, and equal the fp32 split BN within
+    the reduced type's tolerance; running statistics stay fp32 (issue 19: the folded path crashed)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(3)
+    groups, n = 4, 16
+    x32 = (torch.randn(n, 3, 5, 5) * 2 + 1)
+    w, b = torch.rand(3) + 0.5, torch.randn(3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def run(x):
+        bn = SplitBatchNorm2d(3, num_splits=groups, momentum=0.5)
+        bn.weight.data.copy_(w)
+        bn.bias.data.copy_(b)
+        x = x.contiguous(memory_format=fmt).requires_grad_()
+        y = bn(x)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        return y, x.grad, bn
+
+    y, gx, bn = run(x32.to(dtype))
+    assert y.dtype == dtype and gx.dtype == dtype and bn.running_mean.dtype == torch.float32
+    # the reference: the native kernel on each group of the same reduced-precision input
+    xr = x32.to(dtype).requires_grad_()
+    ref = torch.empty(n, 3, 5, 5, dtype=dtype)
+    for g in range(groups):
+        ref[g::groups] = F.batch_norm(xr[g::groups], None, None, w, b, True, 0.0, 1e-5)
+    (ref.float() * torch.linspace(-1, 1, ref.numel()).view_as(ref)).sum().backward()
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(y.float(), ref.float(), **tol)
+    torch.testing.assert_close(gx.float(), xr.grad.float(), **tol)
+    y32, g32, bn32 = run(x32)
+    torch.testing.assert_close(y.float(), y32, **tol)
+    torch.testing.assert_close(gx.float(), g32, **tol)
+    torch.testing.assert_close(bn.running_mean, bn32.running_mean, **tol)
+    torch.testing.assert_close(bn.running_var, bn32.running_var, **tol)
+    torch.testing.assert_close(bn.weight.grad, bn32.weight.grad, **tol)
