@@ -1,11 +1,15 @@
 """Fit the run to the machine: precision, memory format, CPU threads and DataLoader workers.
 
-`trainer.precision=auto` picks bf16 autocast only where the hardware runs it natively (CUDA with
-bf16, or a CPU whose oneDNN reports native BF16: AVX-512-BF16 or AMX) and fp32 elsewhere, with TF32
-matmuls on Ampere and newer GPUs. `trainer.channels_last=auto` is on for CUDA; on a CPU a short timed
-probe of the model decides (NHWC is 1.07-1.15x faster for ResNet-18 on one AVX2 EPYC and slower for
-other models and CPUs: docs/benchmarks.md). On a CPU, torch threads plus DataLoader workers never
-exceed the cores this process may use (`os.sched_getaffinity`).
+`trainer.precision=auto` picks bf16 autocast where the hardware runs it natively and it pays: CUDA with
+bf16, or a CPU whose oneDNN reports native BF16 (AVX-512-BF16 or AMX) where a short timed probe of the
+model finds bf16 faster than fp32 (runs too short to probe take the native answer untimed); fp32
+elsewhere, with TF32 matmuls on Ampere and newer GPUs. `trainer.channels_last=auto` is on for CUDA; on a
+CPU a short timed probe of the model, in the chosen precision, decides. On a CPU, torch threads plus
+DataLoader workers never exceed the cores this process may use (`os.sched_getaffinity`).
+
+Every decision can be forced: `SSLKIT_CPU_BF16=native|none` makes this process decide as on a CPU with
+or without native BF16 (tests run both kinds of machine's paths on either), and each `trainer.*` value
+given explicitly wins over `auto`. Measured ratios: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,8 +43,18 @@ def cpu_capability() -> str:
         return "unknown"
 
 
+#: "native": decide as on a CPU with native BF16; "none": as on one without; unset: ask oneDNN (issue 19)
+CPU_BF16_ENV = "SSLKIT_CPU_BF16"
+
+
 def cpu_has_native_bf16() -> bool:
-    """True where oneDNN runs bf16 natively on this CPU (AVX-512-BF16 or AMX), not by emulation."""
+    """True where oneDNN runs bf16 natively on this CPU (AVX-512-BF16 or AMX), not by emulation, or where
+    `SSLKIT_CPU_BF16=native` says to decide as if it did (`none`: as if it did not)."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if forced in ("native", "none"):
+        return forced == "native"
+    if forced:
+        raise ConfigError(f"{CPU_BF16_ENV}={forced!r} is invalid; valid: native, none (or unset it to detect)")
     try:
         if torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return True
@@ -61,14 +76,17 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """`trainer.precision` as run: "auto" becomes "bf16" where native, else "32"."""
+def resolve_precision(requested: str, device: torch.device, probe: Callable[[], bool] | None = None) -> str:
+    """`trainer.precision` as run: "auto" becomes "bf16" where native (and, on a CPU, where `probe()`,
+    the timed comparison, finds it faster; no probe: native is taken as faster), else "32"."""
     requested = str(requested)
     if requested not in PRECISIONS:
         raise ConfigError(f"trainer.precision={requested!r} is invalid; valid: {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested
-    return "bf16" if native_bf16(device) else "32"
+    if not native_bf16(device):
+        return "32"
+    return "bf16" if device.type != "cpu" or probe is None or probe() else "32"
 
 
 def precision_warning(precision: str, device: torch.device) -> str | None:
@@ -93,38 +111,62 @@ def enable_tf32(device: torch.device) -> bool:
     return True
 
 
-def _seconds(model: nn.Module, x: torch.Tensor) -> float:
+def _seconds(model: nn.Module, x: torch.Tensor, bf16: bool) -> float:
     start = time.perf_counter()
-    model(x).float().sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    out.float().sum().backward()
     return time.perf_counter() - start
 
 
 _PROBED: dict[tuple[object, ...], bool] = {}
 
 
+def _probe_key(kind: str, model: nn.Module, image_size: int, batch: int, precision: str) -> tuple[object, ...]:
+    return (kind, type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
+            image_size, batch, precision, torch.get_num_threads())
+
+
 def probe_channels_last(model: nn.Module, image_size: int, batch: int = 32, rounds: int = 3,
-                        margin: float = 0.05) -> bool:
-    """Time forward+backward of a copy of `model` on the CPU in NCHW and NHWC, interleaved (best of
-    `rounds`); True if NHWC is faster by more than `margin`. The answer is kept for the process, so
-    runs of the same model in one process (tests, batch-compare, resumes) agree."""
-    key = (type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()), image_size,
-           batch, torch.get_num_threads())
+                        margin: float = 0.05, precision: str = "32") -> bool:
+    """Time forward+backward of a copy of `model` on the CPU in NCHW and NHWC (under bf16 autocast when
+    `precision` is bf16), interleaved (best of `rounds`); True if NHWC is faster by more than `margin`.
+    The answer is kept for the process, so runs of the same model in one process (tests, batch-compare,
+    resumes) agree."""
+    key = _probe_key("layout", model, image_size, batch, precision)
     if key not in _PROBED:
-        _PROBED[key] = _probe(model, image_size, batch, rounds, margin)
+        probe = copy.deepcopy(model).cpu().train()
+        x = torch.randn(batch, 3, image_size, image_size)
+        probe_cl = copy.deepcopy(probe).to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        bf16 = precision == "bf16"
+        _PROBED[key] = _faster(lambda: _seconds(probe, x, bf16), lambda: _seconds(probe_cl, x_cl, bf16),
+                               rounds, margin)
     return _PROBED[key]
 
 
-def _probe(model: nn.Module, image_size: int, batch: int, rounds: int, margin: float) -> bool:
-    probe = copy.deepcopy(model).cpu().train()
-    x = torch.randn(batch, 3, image_size, image_size)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    probe_cl = copy.deepcopy(probe).to(memory_format=torch.channels_last)
-    _seconds(probe, x), _seconds(probe_cl, x_cl)  # warm-up: oneDNN primitive creation
-    nchw, nhwc = float("inf"), float("inf")
+def probe_bf16(model: nn.Module, image_size: int, batch: int = 32, rounds: int = 3, margin: float = 0.05) -> bool:
+    """Time forward+backward of a copy of `model` on the CPU in fp32 and under bf16 autocast, interleaved
+    (best of `rounds`); True if bf16 is faster by more than `margin`. Native BF16 is not always faster:
+    a narrow model at a small batch can lose more to the casts than it gains (docs/benchmarks.md).
+    Kept for the process, as the layout probe."""
+    key = _probe_key("bf16", model, image_size, batch, "auto")
+    if key not in _PROBED:
+        probe = copy.deepcopy(model).cpu().train()
+        x = torch.randn(batch, 3, image_size, image_size)
+        _PROBED[key] = _faster(lambda: _seconds(probe, x, False), lambda: _seconds(probe, x, True), rounds, margin)
+    return _PROBED[key]
+
+
+def _faster(base: Callable[[], float], other: Callable[[], float], rounds: int, margin: float) -> bool:
+    """Whether `other` runs faster than `base` by more than `margin` (best of `rounds`, after a warm-up
+    of each that pays oneDNN's primitive creation)."""
+    base(), other()
+    t_base, t_other = float("inf"), float("inf")
     for _ in range(rounds):
-        nchw = min(nchw, _seconds(probe, x))
-        nhwc = min(nhwc, _seconds(probe_cl, x_cl))
-    return nhwc < nchw * (1.0 - margin)
+        t_base = min(t_base, base())
+        t_other = min(t_other, other())
+    return t_other < t_base * (1.0 - margin)
 
 
 def resolve_channels_last(requested: object, device: torch.device,
@@ -236,32 +278,35 @@ def _probe_batch(image_size: int, batch: int) -> int:
 
 
 def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wants_workers: bool,
-                   probe: Callable[[], bool] | None = None) -> Machine:
+                   probe: Callable[[], bool] | None = None, precision_probe: Callable[[], bool] | None = None
+                   ) -> Machine:
     """Resolve trainer.precision/channels_last ("auto"), write the results back into `cfg` (so
-    config.yaml and the checkpoint record them), and split the CPU between threads and workers."""
+    config.yaml and the checkpoint record them), and split the CPU between threads and workers.
+    `probe` / `precision_probe` replace the timed layout / bf16 probes (tests)."""
     trainer, data = cfg.trainer, cfg.data
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
     split = apply_cpu_split(device, wants_workers, trainer.get("threads"), data.get("num_workers"),
                             max(1, usable_cores() // max(1, local)))
     asked_precision, asked_layout = str(trainer.precision), trainer.channels_last
-    precision = resolve_precision(asked_precision, device)
     size = int(data.image_size)
     max_steps = trainer.get("max_steps")
     short = bool(max_steps) and int(max_steps) < PROBE_MIN_STEPS and trainer.get("time_budget") is None
-    if probe is None:  # a probe costs a few steps; for a few steps NCHW is kept untimed
-        batch = max(1, int(data.batch_size) // max(1, world_size()))
-        probe = (lambda: False) if short else (lambda: probe_channels_last(encoder, size, _probe_batch(size, batch)))
-    channels_last = resolve_channels_last(asked_layout, device, probe)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # a timed probe can differ between ranks; DDP needs one memory format, so rank 0 decides
-        flag = torch.tensor([int(channels_last)], device=device)
-        torch.distributed.broadcast(flag, src=0)
-        channels_last = bool(flag.item())
+    batch = _probe_batch(size, max(1, int(data.batch_size) // max(1, world_size())))
+    if precision_probe is None and not short:  # a probe costs a few steps; a short run takes native untimed
+        precision_probe = partial(probe_bf16, encoder, size, batch)
+    precision = str(_agree(resolve_precision(asked_precision, device, precision_probe), device))
+    if probe is None:  # a short run keeps NCHW untimed
+        probe = (lambda: False) if short else partial(probe_channels_last, encoder, size, batch, precision=precision)
+    channels_last = bool(_agree(resolve_channels_last(asked_layout, device, probe), device))
     how = []
     if asked_precision == "auto":
         native = native_bf16(device)
-        how.append(f"auto precision: {'native' if native else 'no native'} bf16 on "
-                   f"{device.type if device.type != 'cpu' else cpu_capability()}")
+        where = device.type if device.type != "cpu" else cpu_capability()
+        forced = f" ({CPU_BF16_ENV}={os.environ[CPU_BF16_ENV]})" if os.environ.get(CPU_BF16_ENV) else ""
+        winner = "bf16" if precision == "bf16" else "fp32"
+        timed = "" if not native or device.type != "cpu" else (
+            ", run too short to time it" if short else f", timed probe: {winner} faster")
+        how.append(f"auto precision: {'native' if native else 'no native'} bf16 on {where}{forced}{timed}")
     if precision == "32" and enable_tf32(device):
         how.append("TF32 matmuls")
     if str(asked_layout) == "auto":
@@ -271,3 +316,13 @@ def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wa
     OmegaConf.update(cfg, "trainer.channels_last", channels_last)
     return Machine(precision, channels_last, split.threads, split.workers, "; ".join(how),
                    precision_warning(precision, device))
+
+
+def _agree(choice: str | bool, device: torch.device) -> str | bool:
+    """Rank 0's choice on every rank: timed probes can differ between ranks, and DDP needs one precision
+    and one memory format."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return choice
+    holder = [choice]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]

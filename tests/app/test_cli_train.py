@@ -76,3 +76,23 @@ def test_default_run_dir_name_and_resume_through_cli(tmp_path):
     assert "step 3/3" in res.stdout
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert saved["state"]["step"] == 3
+
+
+@pytest.mark.parametrize("cpu_bf16, precision", [("native", "bf16"), ("none", "32")])
+def test_the_demo_preset_trains_with_what_auto_picks_on_either_kind_of_cpu(tmp_path, monkeypatch, cpu_bf16,
+                                                                             precision):
+    """Issue 19: on a native-BF16 CPU `auto` gave bf16 and MoCo's default split BN crashed in the budget's
+    first steps; both README commands failed. Here both kinds of CPU's decisions run on whatever CPU runs
+    the suite (SSLKIT_CPU_BF16), through the demo preset's defaults (split BN, auto layout)."""
+    monkeypatch.setenv("SSLKIT_CPU_BF16", cpu_bf16)
+    out = tmp_path / cpu_bf16
+    res = run_cli("train", "experiment=fmnist_demo", "trainer.time_budget=null", "trainer.max_steps=3",
+                  "data.subset=64", "data.batch_size=32", "method.queue_size=64", "head.hidden_dim=32",
+                  "trainer.log_every_steps=1", "trainer.monitor_every_epochs=0", f"out={out}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    first = res.stdout.splitlines()[0]
+    assert f"precision {precision}," in first and f"SSLKIT_CPU_BF16={cpu_bf16}" in first, first
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["trainer"]["precision"] == precision and cfg["method"]["shuffle_bn"] in ("auto", "split")
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(abs(v) < 1e3 for v in losses)

@@ -56,11 +56,71 @@ def test_channels_last_auto():
 
 @pytest.mark.parametrize("nhwc_seconds, expected", [(0.5, True), (0.97, False), (1.5, False)])
 def test_probe_picks_the_faster_layout(monkeypatch, nhwc_seconds, expected):
-    def fake_seconds(model, x):
+    def fake_seconds(model, x, bf16):
         return nhwc_seconds if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 else 1.0
 
     monkeypatch.setattr(hw, "_seconds", fake_seconds)
-    assert hw._probe(TinyEncoder(), 8, 4, 2, 0.05) is expected
+    monkeypatch.setattr(hw, "_PROBED", {})
+    assert hw.probe_channels_last(TinyEncoder(), 8, 4, 2, 0.05) is expected
+
+
+@pytest.mark.parametrize("bf16_seconds, expected", [(0.5, True), (0.97, False), (3.0, False)])
+def test_the_bf16_probe_picks_bf16_only_where_it_is_faster(monkeypatch, bf16_seconds, expected):
+    seen = []
+
+    def fake_seconds(model, x, bf16):
+        seen.append(bf16)
+        return bf16_seconds if bf16 else 1.0
+
+    monkeypatch.setattr(hw, "_seconds", fake_seconds)
+    monkeypatch.setattr(hw, "_PROBED", {})
+    assert hw.probe_bf16(TinyEncoder(), 8, 4, 2, 0.05) is expected
+    assert seen.count(True) == seen.count(False) == 3  # a warm-up and two rounds of each, interleaved
+    hw.probe_bf16(TinyEncoder(), 8, 4, 2, 0.05)
+    assert len(seen) == 6  # kept for the process: the same model is not timed twice
+
+
+def test_the_real_bf16_probe_times_both_precisions():
+    """The probe's own timing path (no fake): it runs fp32 and bf16 autocast on any CPU."""
+    hw._PROBED.clear()
+    assert hw.probe_bf16(TinyEncoder(4), 8, 4, rounds=1) in (True, False)
+
+
+@pytest.mark.parametrize("forced, faster, expected", [("native", True, "bf16"), ("native", False, "32"),
+                                                      ("none", True, "32"), ("none", False, "32")])
+def test_injected_cpu_kind_decides_auto_precision(monkeypatch, forced, faster, expected):
+    """SSLKIT_CPU_BF16 makes any CPU decide as a native-BF16 one or as one without, no torch patched."""
+    monkeypatch.setenv(hw.CPU_BF16_ENV, forced)
+    assert hw.cpu_has_native_bf16() is (forced == "native")
+    assert hw.resolve_precision("auto", CPU, lambda: faster) == expected
+    cfg = compose(["trainer.max_steps=100"])
+    before = torch.get_num_threads()
+    try:
+        machine = hw.fit_to_machine(cfg, CPU, TinyEncoder(), wants_workers=False, probe=lambda: False,
+                                    precision_probe=lambda: faster)
+    finally:
+        torch.set_num_threads(before)
+    assert machine.precision == expected and cfg.trainer.precision == expected  # config.yaml records it
+    assert f"precision {expected}," in machine.describe() and f"SSLKIT_CPU_BF16={forced}" in machine.describe()
+    if forced == "native":
+        assert f"timed probe: {'bf16' if faster else 'fp32'} faster" in machine.describe()
+
+
+def test_a_short_run_on_a_native_cpu_takes_bf16_untimed(monkeypatch):
+    monkeypatch.setenv(hw.CPU_BF16_ENV, "native")
+    monkeypatch.setattr(hw, "probe_bf16", lambda *a, **k: pytest.fail("timed a 3-step run"))
+    before = torch.get_num_threads()
+    try:
+        machine = hw.fit_to_machine(compose(["trainer.max_steps=3"]), CPU, TinyEncoder(), wants_workers=False)
+    finally:
+        torch.set_num_threads(before)
+    assert machine.precision == "bf16" and "too short to time it" in machine.how
+
+
+def test_an_invalid_injection_is_one_line(monkeypatch):
+    monkeypatch.setenv(hw.CPU_BF16_ENV, "amx")
+    with pytest.raises(ConfigError, match="SSLKIT_CPU_BF16='amx' is invalid; valid: native, none"):
+        hw.cpu_has_native_bf16()
 
 
 def test_cpu_split_arithmetic():
@@ -130,7 +190,7 @@ def test_short_cpu_runs_skip_the_layout_probe(monkeypatch):
 
 def test_the_layout_probe_times_the_runs_own_batch(monkeypatch):
     seen = []
-    monkeypatch.setattr(hw, "probe_channels_last", lambda model, size, batch: seen.append((size, batch)) or True)
+    monkeypatch.setattr(hw, "probe_channels_last", lambda model, size, batch, **kw: seen.append((size, batch)) or True)
     before = torch.get_num_threads()
     try:
         for overrides in (["data.batch_size=256", "data.image_size=32"], ["data.batch_size=64", "data.image_size=32"],
