@@ -15,7 +15,7 @@ from sslkit.config import as_dict
 from sslkit.engine import checkpoint as ckpt_io
 from sslkit.engine.outputs import backbone_name
 from sslkit.errors import CheckpointError
-from sslkit.nn.backbones import backbone_from_state
+from sslkit.nn.backbones import backbone_from_checkpoint
 
 from .features import Features, load_features
 
@@ -61,7 +61,7 @@ def load_trained(path: str | Path) -> TrainedBackbone:
     if "config" not in state or "method" not in state:
         raise CheckpointError(f"{file} has no saved config or method weights; is it from `sslkit train`?")
     config = ckpt_io.config_of(state)
-    return TrainedBackbone(file.resolve(), config, backbone_from_state(as_dict(config.backbone), state["method"]))
+    return TrainedBackbone(file.resolve(), config, backbone_from_checkpoint(as_dict(config.backbone), state))
 
 
 def as_subset(value: Any) -> int | None:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from sslkit.nn.heads import build_head
+from sslkit.nn.param_groups import ParamRule
 
 
 @contextlib.contextmanager
@@ -33,17 +34,35 @@ class StepOutput:
     backward_done: bool = field(default=False, init=False)
 
 
-class ContrastiveMethod(nn.Module, ABC):
-    """A self-supervised method: parts (encoders, heads) plus `training_step(views) -> StepOutput`.
+class SSLMethod(nn.Module, ABC):
+    """A self-supervised method of any family: parts (encoders, heads) plus `training_step(views) -> StepOutput`.
 
     It knows nothing about devices, launching, logging or checkpoints: the engine moves it, wraps it
-    for data parallelism, calls `forward` (= `training_step`), steps the optimizer and then
-    `after_step(progress)`. Everything in `state_dict()` (a queue, a momentum encoder) is checkpointed.
+    for data parallelism, calls `forward` (= `training_step`, with `self.progress` set), runs backward,
+    calls `after_backward(progress)`, steps the optimizer and then `after_step(progress)`. Everything in
+    `state_dict()` (a queue, a teacher, a center) is checkpointed.
 
-    Subclass it, set `n_views` if not 2, and register with `@register_method("name")`.
+    What a method declares (each has a default, so a subclass states only what it changes):
+
+    * its views: `views` in its YAML (a named set of `sslkit.augment.views`, e.g. `byol` or `dino`, with
+      per-view sizes and counts), or `n_views` copies of the `aug` recipe; `needs_local_views` makes a
+      view setting without local crops a one-line error;
+    * its heads: built in `__init__` from `sslkit.nn` (projector, predictor, DINO head, prototypes);
+    * `param_rules()`: parameter groups by name prefix (a learning-rate scale, a fixed rate, no decay);
+    * `momentum_pairs()`: the (online, target) modules an EMA teacher follows;
+    * `after_backward(progress)` and `after_step(progress)`: gradient clipping, a frozen last layer,
+      EMA and queue updates;
+    * `encoder()`: the network evaluation and export use (saved under its own checkpoint key);
+    * `family` and `paper`: what `sslkit methods` lists.
     """
 
+    #: what `sslkit methods` lists: contrastive | distillation | redundancy reduction | clustering | ...
+    family: ClassVar[str] = "other"
+    paper: ClassVar[str] = ""
+    #: views per step when the config's `views` is null: copies of the `aug` recipe
     n_views: ClassVar[int] = 2
+    #: True when the loss needs local (multi-crop) views: a view setting without any is a one-line error
+    needs_local_views: ClassVar[bool] = False
     #: a plug-in's YAML of `method.*` defaults beside its module, instead of defaults in `__init__`
     defaults_file: ClassVar[str | None] = None
     #: True when training_step calls `self.backward(loss)` itself (gradient caching); the engine then
@@ -57,6 +76,8 @@ class ContrastiveMethod(nn.Module, ABC):
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.head_cfg = dict(head or {"kind": "mlp"})
+        #: training progress in [0, 1] of the step being run (the engine sets it before `training_step`)
+        self.progress = 0.0
         self._backward_fn: Callable[[Tensor], None] = Tensor.backward
         self._backward_calls = 0
 
@@ -66,15 +87,30 @@ class ContrastiveMethod(nn.Module, ABC):
 
     @abstractmethod
     def training_step(self, views: Sequence[Tensor]) -> StepOutput:
-        """Turn `n_views` augmented batches (each N x 3 x H x W) into a loss."""
+        """Turn the views (global views first, then local ones; each N x 3 x H x W) into a loss."""
 
-    def forward(self, views: Sequence[Tensor], backward: Callable[[Tensor], None] | None = None) -> StepOutput:
+    def forward(self, views: Sequence[Tensor], backward: Callable[[Tensor], None] | None = None,
+                progress: float | None = None) -> StepOutput:
         """The engine calls the module: one `training_step`, with `backward` (the engine's, AMP loss
-        scaling included) as what `self.backward` runs."""
+        scaling included) as what `self.backward` runs and `progress` as `self.progress`."""
         self._backward_fn, self._backward_calls = backward or Tensor.backward, 0
+        if progress is not None:
+            self.progress = float(progress)
         out = self.training_step(views)
         out.backward_done = self._backward_calls > 0
         return out
+
+    def param_rules(self) -> Sequence[ParamRule]:
+        """Parameter groups by name prefix (e.g. SimSiam's predictor at a fixed rate). Default: none."""
+        return ()
+
+    def momentum_pairs(self) -> Sequence[tuple[nn.Module, nn.Module]]:
+        """(online, target) pairs whose target follows the online module by EMA. Default: none."""
+        return ()
+
+    def after_backward(self, progress: float) -> None:
+        """Called after backward (and the gradients' sync), before the optimizer step, with training
+        progress in [0, 1]: gradient clipping, a last layer frozen early on. Default: nothing."""
 
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step with training progress in [0, 1] (EMA update, enqueue)."""
@@ -91,5 +127,14 @@ class ContrastiveMethod(nn.Module, ABC):
         self._backward_calls += 1
 
     def encoder(self) -> nn.Module:
-        """The backbone that evaluation and export use."""
+        """The backbone that evaluation and export use (a teacher, for a method evaluated on it)."""
         return self.backbone
+
+
+class ContrastiveMethod(SSLMethod):
+    """The base for contrastive methods (MoCo, SimCLR, a user's own): a query/key or two-view encoder
+    trained against negatives. Subclass it, set `n_views` if not 2, and register with
+    `@register_method("name")`; every hook of `SSLMethod` is there to override.
+    """
+
+    family: ClassVar[str] = "contrastive"

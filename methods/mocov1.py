@@ -33,6 +33,8 @@ class MoCoV1(ContrastiveMethod):
     K=65536, m=0.999, tau=0.07, linear head.
     """
 
+    paper = "He et al. 2019, arXiv 1911.05722"
+
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float,
                  queue_size: int, momentum: float, momentum_schedule: str, symmetric: bool,
                  symmetric_reduction: str, shuffle_bn: str, split_bn_groups: int) -> None:

@@ -15,3 +15,5 @@ from sslkit.registry import register_method
 @register_method("mocov2")
 class MoCoV2(MoCoV1):
     """MoCo v1 with MoCo v2's defaults: 2-layer MLP head (hidden = feature dim, ReLU) and tau=0.2."""
+
+    paper = "Chen et al. 2020, arXiv 2003.04297"

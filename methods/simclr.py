@@ -38,6 +38,8 @@ class SimCLR(ContrastiveMethod):
     Defaults: configs/method/simclr.yaml (tau 0.1, global negatives, no chunks).
     """
 
+    paper = "Chen et al. 2020, arXiv 2002.05709"
+
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float,
                  gather_distributed: bool, chunk_size: int | None) -> None:
         super().__init__(backbone, feature_dim, head)

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sslkit.errors import ConfigError, closest
-from sslkit.methods.base import ContrastiveMethod
+from sslkit.methods.base import ContrastiveMethod, SSLMethod
 from sslkit.registry import resolve_method
 
 BUILT_IN_ARGS = ("self", "backbone", "feature_dim", "head")
@@ -25,7 +25,7 @@ def method_params(cls: type[ContrastiveMethod]) -> dict[str, inspect.Parameter]:
     passes `**kwargs` on (or has no `__init__` of its own), those of its parent classes."""
     params: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is ContrastiveMethod or not issubclass(klass, ContrastiveMethod):
+        if "__init__" not in vars(klass) or klass in (SSLMethod, ContrastiveMethod) or not issubclass(klass, SSLMethod):
             continue
         sig = inspect.signature(vars(klass)["__init__"])
         for name, p in sig.parameters.items():

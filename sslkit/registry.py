@@ -62,7 +62,7 @@ def _from_path(spec: str) -> type[ContrastiveMethod]:
 
 def resolve_method(name: str) -> type[ContrastiveMethod]:
     """The class for `name`: a registered name, an entry point, or `package.module:ClassName`."""
-    from sslkit.methods.base import ContrastiveMethod
+    from sslkit.methods.base import SSLMethod
 
     if ":" in name:
         cls = _from_path(name)
@@ -71,8 +71,9 @@ def resolve_method(name: str) -> type[ContrastiveMethod]:
         if name not in methods:
             raise ConfigError(f"unknown method '{name}'; {suggestion(name, methods)}")
         cls = methods[name]
-    if not (isinstance(cls, type) and issubclass(cls, ContrastiveMethod)):
-        raise ConfigError(f"method '{name}' is {cls!r}, not a subclass of sslkit.methods.ContrastiveMethod")
+    if not (isinstance(cls, type) and issubclass(cls, SSLMethod)):
+        raise ConfigError(f"method '{name}' is {cls!r}, not a subclass of sslkit.methods.SSLMethod "
+                          "(or of ContrastiveMethod)")
     return cls
 
 

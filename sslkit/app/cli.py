@@ -84,9 +84,12 @@ def cmd_study(table: str, overrides: list[str]) -> int:
 def cmd_methods() -> int:
     from sslkit.registry import available_methods
 
-    for name, cls in sorted(available_methods().items()):
+    methods = sorted(available_methods().items())
+    print(f"{'method':<14} {'family':<22} {'paper':<44} what")
+    for name, cls in methods:
         doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:<12} {doc[0] if doc else cls.__qualname__}")
+        paper = getattr(cls, "paper", "") or "-"
+        print(f"{name:<14} {getattr(cls, 'family', 'other'):<22} {paper:<44} {doc[0] if doc else cls.__qualname__}")
     return 0
 
 

@@ -15,7 +15,7 @@ from sslkit.engine import checkpoint as ckpt
 from sslkit.engine.outputs import new_file
 from sslkit.errors import CheckpointError, ConfigError
 from sslkit.files import save_atomic
-from sslkit.nn.backbones import backbone_from_state
+from sslkit.nn.backbones import backbone_from_checkpoint
 from sslkit.overrides import key_values
 
 
@@ -43,7 +43,7 @@ def export_command(overrides: list[str]) -> int:
     out = Path(opts["out"]) if opts.get("out") else run_dir / "backbone.pt"
     if opts.get("out"):  # the default <run dir>/backbone.pt is the run's own export; anything else must be new
         new_file(out)
-    backbone = backbone_from_state(as_dict(ckpt.config_of(saved).backbone), saved["method"])
+    backbone = backbone_from_checkpoint(as_dict(ckpt.config_of(saved).backbone), saved)
     path = export_backbone(backbone, out)
     print(f"exported backbone ({sum(p.numel() for p in backbone.parameters())} parameters) to {path}")
     return 0

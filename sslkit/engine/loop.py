@@ -1,4 +1,4 @@
-"""The training loop. It drives any ContrastiveMethod through the base class and knows nothing
+"""The training loop. It drives any SSLMethod through the base class and knows nothing
 method-specific: views in, StepOutput out, then backward, optimizer step and `after_step`."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sslkit.engine.parallel import wrap
 from sslkit.engine.signals import Interrupted, StopFlag, stop_on_signals
 from sslkit.engine.state import TrainState, save_checkpoint
 from sslkit.errors import UserError
-from sslkit.methods.base import ContrastiveMethod, StepOutput
+from sslkit.methods.base import SSLMethod, StepOutput
 
 EpochHook = Callable[[int, nn.Module], dict[str, float]]
 #: images (or a list of per-image views from the loader's workers) -> the views of one step
@@ -53,7 +53,7 @@ class FitInputs:
     """Everything `fit` trains with. Rank 0 calls `on_checkpoint` after each checkpoint it writes;
     `epoch_hooks` run at each epoch end on the encoder (e.g. the kNN monitor)."""
 
-    method: ContrastiveMethod
+    method: SSLMethod
     loader: DataLoader
     make_views: MakeViews
     optimizer: Optimizer
@@ -145,12 +145,16 @@ class _Loop:
         """One optimizer step on one batch: views, forward, backward, gradient sync, step, `after_step`."""
         i, s = self.i, self.state
         views = _memory_format(i.make_views(_to_device(images, i.world.device)), i.settings.channels_last)
+        progress = s.step / i.settings.total_steps  # of the steps done before this one
         with autocast(i.world.device, i.settings.precision):
-            out: StepOutput = self.model(views, self.backward)
+            out: StepOutput = self.model(views, self.backward, progress)
         if not out.backward_done:
             self.backward(out.loss)
         if self.model is i.method and i.world.size > 1:
             all_reduce_mean_([p.grad for p in self.trainable if p.grad is not None])
+        if i.scaler is not None:  # the method's hook sees true gradients (clipping thresholds)
+            i.scaler.unscale_(i.optimizer)
+        i.method.after_backward(progress)
         if i.scaler is not None:
             i.scaler.step(i.optimizer)
             i.scaler.update()

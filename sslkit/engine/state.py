@@ -12,7 +12,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from sslkit.engine import checkpoint as ckpt
 from sslkit.files import save_atomic
-from sslkit.methods.base import ContrastiveMethod
+from sslkit.methods.base import SSLMethod
 
 
 @dataclass
@@ -22,20 +22,22 @@ class TrainState:
     batch_in_epoch: int = 0
 
 
-def save_checkpoint(run_dir: Path, method: ContrastiveMethod, optimizer: Optimizer, scheduler: LRScheduler,
+def save_checkpoint(run_dir: Path, method: SSLMethod, optimizer: Optimizer, scheduler: LRScheduler,
                     scaler: torch.amp.GradScaler | None, state: TrainState, extra: dict[str, Any]) -> Path:
-    """`<run dir>/checkpoints/last.pt`, atomically, the old one kept as prev.pt."""
+    """`<run dir>/checkpoints/last.pt`, atomically, the old one kept as prev.pt. `encoder` holds the weights
+    of the network the method declares for evaluation and export (`SSLMethod.encoder()`)."""
     path = run_dir / ckpt.LAST
     save_atomic({
         "format": ckpt.FORMAT, "version": ckpt.VERSION, **extra,
-        "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "method": method.state_dict(), "encoder": method.encoder().state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": ckpt.rng_state(), "state": asdict(state),
     }, path, keep_previous=run_dir / ckpt.PREV)
     return path
 
 
-def restore(checkpoint: dict[str, Any], method: ContrastiveMethod, optimizer: Optimizer, scheduler: LRScheduler,
+def restore(checkpoint: dict[str, Any], method: SSLMethod, optimizer: Optimizer, scheduler: LRScheduler,
             scaler: torch.amp.GradScaler | None) -> TrainState:
     """Load a checkpoint written by `save_checkpoint` into freshly built objects."""
     method.load_state_dict(checkpoint["method"])

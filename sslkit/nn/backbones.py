@@ -84,6 +84,22 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:
     raise ConfigError(f"unknown backbone '{name}'; {suggestion(name, (*TORCHVISION, 'timm'))}")
 
 
+def encoder_weights(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The weights of the encoder a checkpoint's method declared for evaluation and export (its `encoder`
+    key: a teacher, say), or, in a checkpoint written before that key existed, the method's `backbone.*`."""
+    if isinstance(checkpoint.get("encoder"), Mapping):
+        return dict(checkpoint["encoder"])
+    method = checkpoint.get("method", {})
+    return {k[len("backbone."):]: v for k, v in method.items() if k.startswith("backbone.")}
+
+
+def backbone_from_checkpoint(cfg: dict[str, Any], checkpoint: Mapping[str, Any]) -> nn.Module:
+    """The trained encoder of a checkpoint (`encoder_weights`) in a fresh backbone of `cfg`."""
+    backbone, _ = build_backbone(cfg)
+    backbone.load_state_dict(encoder_weights(checkpoint))
+    return backbone
+
+
 def backbone_from_state(cfg: dict[str, Any], method_state: dict[str, Any]) -> nn.Module:
     """The trained backbone of a checkpoint: its method's `backbone.*` weights in a fresh backbone of `cfg`."""
     backbone, _ = build_backbone(cfg)
