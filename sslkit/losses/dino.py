@@ -58,7 +58,8 @@ def dino_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], center: Tens
 @torch.no_grad()
 def update_center(center: Tensor, teacher: Sequence[Tensor], momentum: float = CENTER_MOMENTUM) -> Tensor:
     """Eq. 4: m c + (1 - m) x mean of the teacher outputs over all crops and all ranks' rows; a new tensor."""
-    batch_center = torch.cat([x.detach() for x in teacher]).float().mean(dim=0)
+    rows = torch.cat([x.detach() for x in teacher])
+    batch_center = rows.to(torch.promote_types(rows.dtype, torch.float32)).mean(dim=0)
     all_reduce_mean_([batch_center])  # every rank holds the same number of rows
     return center * momentum + batch_center.reshape(center.shape).to(center.dtype) * (1.0 - momentum)
 
