@@ -75,6 +75,9 @@ def images() -> torch.Tensor:
     return source_images()
 
 
+DRAWS = {"byol_2": 1600, "dino_local": 800}  # per-image views; byol_2's also have to tell solarize 0.2 from 0
+
+
 @pytest.mark.parametrize("view", ["byol_2", "dino_local"])
 def test_backends_sample_the_same_views(view, images):
     """BYOL's second view (solarize) and DINO's local crop (another size) agree between the backends,
@@ -83,11 +86,12 @@ def test_backends_sample_the_same_views(view, images):
     transform = per_image_transform(recipe)
     with torch.random.fork_rng():
         torch.manual_seed(5)
-        per_image = stats_of(torch.stack([transform(images[d % K]) for d in range(1200)]))
+        per_image = stats_of(torch.stack([transform(images[d % K]) for d in range(DRAWS[view])]))
     assert min(ks_pvalues(per_image, batched_stats(images, recipe, seed=3)).values()) > AGREE_P
     if view == "byol_2":
         other = replace(recipe, solarize_p=0.0)
-        assert min(ks_pvalues(per_image, batched_stats(images, other, seed=3)).values()) < REJECT_P
+        p = ks_pvalues(per_image, batched_stats(images, other, seed=3))
+        assert min(p.values()) < REJECT_P, p
 
 
 # ----------------------------------------------------------------------------- named views and sets
