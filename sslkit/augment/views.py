@@ -131,7 +131,8 @@ def views_from_config(cfg: str | Mapping[str, Any] | Sequence[Mapping[str, Any]]
     for item in cfg:
         if not isinstance(item, Mapping) or "view" not in item:
             raise ConfigError(f"each view needs a `view` name (valid: {', '.join(VIEWS)}); got {item!r}")
-        rest = {k: tuple(v) if isinstance(v, list) else v for k, v in item.items() if k not in ("view", "count")}
+        rest: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in item.items()
+                                if k not in ("view", "count")}
         count = item.get("count", 1)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"view '{item['view']}' count must be an integer >= 1, got {count!r}")

@@ -5,7 +5,7 @@ optionally a cosine weight-decay schedule stepped with it (DINO, arXiv 2104.1429
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch.optim import Optimizer
@@ -72,7 +72,7 @@ class LrWdSchedule(LambdaLR):
         self.decaying = [not g.get("no_decay", g.get("weight_decay", 0.0) == 0.0) for g in optimizer.param_groups]
         super().__init__(optimizer, lr_lambdas)
 
-    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+    def step(self, epoch: int | None = None) -> None:
         super().step(epoch)
         wd = weight_decay_at(self.last_epoch, self.total_steps, self.wd_start, self.wd_end)
         for group, decays in zip(self.optimizer.param_groups, self.decaying, strict=True):
@@ -101,7 +101,7 @@ def build_scheduler(optimizer: Optimizer, cfg: Mapping[str, Any], total_steps: i
     def constant(s: int) -> float:
         return 1.0
 
-    lambdas = [constant if g.get("fixed_lr") else factor for g in optimizer.param_groups]
+    lambdas: list[Callable[[int], float]] = [constant if g.get("fixed_lr") else factor for g in optimizer.param_groups]
     wd_end = cfg.get("weight_decay_end")
     if wd_end is None:
         return LambdaLR(optimizer, lambdas)

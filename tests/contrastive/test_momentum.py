@@ -74,5 +74,5 @@ def test_ema_momentum_follows_byols_cosine_at_every_step():
     assert [ema_momentum(k, total) for k in range(total)] == pytest.approx(dino.tolist(), abs=1e-15)
     assert ema_momentum(0, total) == pytest.approx(0.996) and ema_momentum(total, total) == 1.0
     values = [ema_momentum(k, total) for k in range(total + 1)]
-    assert all(a < b for a, b in zip(values, values[1:]))  # rises every step
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))  # rises every step
     assert ema_momentum(5, 10, base=0.99, final=0.999) == pytest.approx(0.99 + 0.009 / 2)

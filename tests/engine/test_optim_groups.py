@@ -85,7 +85,8 @@ def _adamw_by_hand(model, steps, batches, lr_at, wd_at):
 
 def test_adamw_with_groups_and_schedules_equals_the_algorithm_by_hand_over_steps():
     steps, total, spe = 8, 12, 3
-    batches = [torch.randn(64, 4, generator=torch.Generator().manual_seed(t), dtype=torch.float64) for t in range(steps)]
+    batches = [torch.randn(64, 4, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+               for t in range(steps)]
     ours = Net()
     opt = build_optimizer(ours, ADAMW, 64, RULES)
     assert isinstance(opt, torch.optim.AdamW)

@@ -44,7 +44,8 @@ def _same_function(ours: nn.Module, ref: nn.Module, in_dim: int) -> None:
     out, expected = ours(x), ref(x)
     torch.testing.assert_close(out, expected)
     w = torch.randn_like(out)
-    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((expected * w).sum(), x)[0])
+    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0],
+                               torch.autograd.grad((expected * w).sum(), x)[0])
 
 
 def test_projectors_and_predictors_equal_lightlys():
@@ -109,7 +110,7 @@ def test_dino_head_equals_lightlys_with_fixed_g():
     # lightly's weight_norm registers g before v; ours names them the same, v first
     ours_params = dict(ours.named_parameters())
     with torch.no_grad():
-        for (name, a), (_, b) in zip(ours.mlp.named_parameters(), ref.layers.named_parameters(), strict=True):
+        for a, b in zip(ours.mlp.parameters(), ref.layers.parameters(), strict=True):
             b.copy_(a)
         ref.last_layer.weight_v.copy_(ours_params["last_layer.weight_v"])
     x = torch.randn(5, 16, requires_grad=True)
