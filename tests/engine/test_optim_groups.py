@@ -162,3 +162,15 @@ def test_without_weight_decay_end_the_schedule_is_the_plain_lambda_and_bad_value
         build_scheduler(opt, {**ADAMW, "weight_decay_end": "big"}, 10, 2)
     with pytest.raises(ConfigError, match=">= 0"):
         build_scheduler(opt, {**ADAMW, "weight_decay_end": -0.1}, 10, 2)
+
+
+def test_the_shipped_adamw_config_is_dinos():
+    from sslkit.config import as_dict, compose
+
+    cfg = as_dict(compose(["optim=adamw"]).optim)
+    opt = build_optimizer(Net(), cfg, 512)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0005 * 2)
+    sched = build_scheduler(opt, cfg, 1000, 10)
+    assert isinstance(sched, LrWdSchedule) and (sched.wd_start, sched.wd_end) == (0.04, 0.4)
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == pytest.approx([0.0, 0.04])
