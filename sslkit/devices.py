@@ -87,6 +87,35 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return out
 
 
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is the all_reduce(SUM) of the incoming gradient: every rank's
+    loss depends on every rank's summand."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: Tensor) -> Tensor:
+    """The sum of `x` over ranks, differentiable (Barlow Twins' cross-correlation, batch statistics).
+
+    Every rank computes the same loss from the sum, so rank r's gradient is `world_size` times its
+    share; DistributedDataParallel's average over ranks turns that into the gradient of the loss.
+    """
+    if world_size() == 1:
+        return x
+    out: Tensor = _AllReduceSumWithGrad.apply(x)
+    return out
+
+
 def broadcast_(x: Tensor, src: int = 0) -> Tensor:
     """Broadcast `x` in place from `src`."""
     if world_size() > 1:

@@ -21,7 +21,7 @@ LAYERS = (
     ("engine", ("sslkit.engine",)),
     ("config", ("sslkit.config", "sslkit.build", "sslkit.params", "sslkit.overrides")),
     ("methods", ("sslkit.methods", "sslkit.registry")),
-    ("parts", ("sslkit.nn", "sslkit.contrastive", "sslkit.augment", "sslkit.data")),
+    ("parts", ("sslkit.nn", "sslkit.contrastive", "sslkit.losses", "sslkit.augment", "sslkit.data")),
     ("bottom", ("sslkit", "sslkit.errors", "sslkit.devices", "sslkit.files")),
 )
 #: extra walls inside the rule: (importer prefix, imported prefix, the one module allowed through)

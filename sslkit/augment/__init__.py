@@ -1,4 +1,5 @@
-"""Augmentation recipes (MoCo v1, MoCo v2 aug+, SimCLR) in two backends that sample the same distribution.
+"""Augmentation recipes (MoCo v1, MoCo v2 aug+, SimCLR; the views of BYOL, DINO, SwAV) in two backends that
+sample the same distribution.
 
 `per_image` runs torchvision.transforms.v2 on one image at a time (DataLoader workers, datasets on
 disk); `batched` augments a whole in-memory batch with per-sample parameters on any device.
@@ -14,6 +15,18 @@ from torch import Tensor
 from sslkit.augment.batched import BatchedAugment
 from sslkit.augment.per_image import MultiView, eval_transform, per_image_transform
 from sslkit.augment.recipe import AugRecipe
+from sslkit.augment.views import (
+    VIEW_SETS,
+    VIEWS,
+    BatchedViews,
+    PerImageViews,
+    ViewSpec,
+    make_views,
+    n_views,
+    view_recipe,
+    view_set,
+    views_from_config,
+)
 from sslkit.errors import ConfigError, suggestion
 
 BACKENDS = ("auto", "batched", "per_image")
@@ -22,7 +35,17 @@ __all__ = [
     "AugRecipe",
     "BACKENDS",
     "BatchedAugment",
+    "BatchedViews",
     "MultiView",
+    "PerImageViews",
+    "VIEWS",
+    "VIEW_SETS",
+    "ViewSpec",
+    "make_views",
+    "n_views",
+    "view_recipe",
+    "view_set",
+    "views_from_config",
     "batch_eval_preprocess",
     "eval_transform",
     "per_image_transform",

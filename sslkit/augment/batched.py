@@ -2,7 +2,7 @@
 
 It samples the same distribution as `per_image_transform` (torchvision.transforms.v2), op by op:
 RandomResizedCrop's 10-attempt rejection sampler, ColorJitter's factor ranges and random op order,
-RandomGrayscale, GaussianBlur's sigma ~ U[lo, hi], RandomHorizontalFlip. Nothing loops over samples:
+RandomGrayscale, GaussianBlur's sigma ~ U[lo, hi], RandomHorizontalFlip, RandomSolarize. Nothing loops over samples:
 every draw is a tensor of shape (N, ...) and every op runs on the batch or on a masked subset.
 The jitter's random order is applied position by position: at each of the 4 positions, each op runs
 on the subset of samples whose permutation puts it there (16 masked calls, whatever N).
@@ -119,7 +119,8 @@ class BatchedAugment(torch.nn.Module):
 
         crop (torchvision RandomResizedCrop): i, j, h, w (long); jitter (ColorJitter under RandomApply):
         `jitter` mask, brightness/contrast/saturation/hue factors, `order` (N, 4) a permutation of op ids
-        0..3 per sample; `gray`, `blur`, `flip` masks; `sigma` of the blur. Every parameter is drawn for
+        0..3 per sample; `gray`, `blur`, `flip` masks; `sigma` of the blur; `solarize` mask (drawn last,
+        so the other parameters of a seed do not depend on it). Every parameter is drawn for
         every sample, whether or not its op applies, so a seeded generator gives a fixed stream.
         """
         r = self.recipe
@@ -158,6 +159,7 @@ class BatchedAugment(torch.nn.Module):
         params["blur"] = rand(n) < r.blur_p
         params["sigma"] = (r.blur_sigma[0] + (r.blur_sigma[1] - r.blur_sigma[0]) * rand(n)).float()
         params["flip"] = rand(n) < r.flip_p
+        params["solarize"] = rand(n) < r.solarize_p
         return params
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -186,6 +188,8 @@ class BatchedAugment(torch.nn.Module):
             if idx.numel():
                 blurred = gaussian_blur(x[idx], p["sigma"][idx], self.recipe.blur_kernel_size)
                 x = x.index_copy(0, idx, blurred.round_() if uint8 else blurred)
+        if self.recipe.solarize_p > 0:
+            x = solarize(x, p["solarize"], uint8)
         if uint8:
             x = x * (1.0 / 255.0)
         return (x.expand(-1, 3, -1, -1) - self.mean.to(x.device, x.dtype)) / self.std.to(x.device, x.dtype)
@@ -237,6 +241,14 @@ class BatchedAugment(torch.nn.Module):
                 if sel.numel():
                     sub[sel] = ops[op](sub[sel], factors[op][sel], uint8)
         return x.index_copy(0, idx, sub)
+
+
+def solarize(x: Tensor, mask: Tensor, uint8: bool) -> Tensor:
+    """Invert the pixels >= half the range (128 of 0..255, or 0.5 of [0, 1]) of the samples in `mask`
+    (torchvision's `solarize`; BYOL appendix B)."""
+    top = 255.0 if uint8 else 1.0
+    hit = mask.view(-1, 1, 1, 1) & (x >= (128.0 if uint8 else 0.5))
+    return torch.where(hit, top - x, x)
 
 
 def _fallback_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:

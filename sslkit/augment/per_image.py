@@ -18,8 +18,11 @@ ImageTransform = Callable[[Tensor], Tensor]
 
 
 def per_image_transform(recipe: AugRecipe) -> ImageTransform:
-    """crop -> jitter (p) -> grayscale (p) -> blur (p) -> flip (p) -> float [0, 1] -> normalize
-    (grayscale before jitter with `order="gray_first"`, as the official MoCo v1 code)."""
+    """crop -> jitter (p) -> grayscale (p) -> blur (p) -> flip (p) -> float [0, 1] -> solarize (p) ->
+    normalize (grayscale before jitter with `order="gray_first"`, as the official MoCo v1 code).
+
+    Solarizing the float image at 0.5 is PIL's `ImageOps.solarize(threshold=128)` on the uint8 one
+    (x >= 128 <=> x / 255 >= 0.5, and 1 - x / 255 = (255 - x) / 255), whatever the input dtype."""
     steps: list[torch.nn.Module] = [
         v2.RandomResizedCrop(recipe.image_size, scale=recipe.crop_scale, ratio=recipe.crop_ratio,
                              antialias=True),
@@ -35,7 +38,10 @@ def per_image_transform(recipe: AugRecipe) -> ImageTransform:
                                     p=recipe.blur_p))
     if recipe.flip_p > 0:
         steps.append(v2.RandomHorizontalFlip(p=recipe.flip_p))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(recipe.mean), list(recipe.std))]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if recipe.solarize_p > 0:
+        steps.append(v2.RandomSolarize(threshold=0.5, p=recipe.solarize_p))
+    steps.append(v2.Normalize(list(recipe.mean), list(recipe.std)))
     return v2.Compose(steps)
 
 

@@ -8,6 +8,9 @@ The three shipped recipes (configs/aug/*.yaml) are:
   p=0.8 and Gaussian blur sigma ~ U[0.1, 2] at p=0.5.
 * SimCLR (Chen et al., arXiv 2002.05709, appendix A): crop scale 0.08-1, colour strength 1.0, i.e.
   jitter (0.8, 0.8, 0.8, 0.2) at p=0.8, grayscale p=0.2, blur p=0.5 with a kernel of 10% of the side.
+
+`solarize_p` (BYOL, arXiv 2006.07733, appendix B: x -> 1 - x where x >= 0.5) is optional and 0 unless
+set; the view recipes of BYOL, DINO and SwAV live in sslkit/augment/views.py.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class AugRecipe:
 
     Defaults live in configs/aug: MoCo v1 (arXiv 1911.05722, Sec. 4.1), MoCo v2 aug+ (arXiv
     2003.04297, Sec. 2), SimCLR (arXiv 2002.05709, appendix A). Op order: crop, jitter, grayscale,
-    blur, flip, normalize; `order="gray_first"` swaps jitter and grayscale (official MoCo v1 code).
+    blur, flip, solarize, normalize; `order="gray_first"` swaps jitter and grayscale (official MoCo v1 code).
     """
 
     image_size: int
@@ -45,6 +48,7 @@ class AugRecipe:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     order: str = "jitter_first"  # jitter_first | gray_first
+    solarize_p: float = 0.0  # BYOL appendix B: pixels >= 0.5 (128 of 255) become 1 - x
 
     @property
     def blur_kernel_size(self) -> int:
@@ -65,13 +69,15 @@ class AugRecipe:
         for key in cfg:
             if key not in fields and key not in IGNORED_KEYS:
                 raise ConfigError(f"unknown key aug.{key}; {suggestion(str(key), fields)}")
-        missing = [f for f in fields if f not in cfg and f != "order"]
+        optional = ("order", "solarize_p")
+        missing = [f for f in fields if f not in cfg and f not in optional]
         if missing:
             raise ConfigError(f"aug config is missing key(s): {', '.join('aug.' + m for m in missing)}")
         order = str(cfg.get("order", "jitter_first"))
         if order not in ORDERS:
             raise ConfigError(f"aug.order='{order}' is invalid; {suggestion(order, ORDERS)}")
-        cfg = {f: _read(cfg, f) for f in fields if f != "order"}
+        solarize_p = _prob({"solarize_p": _read(cfg, "solarize_p")}, "solarize_p") if "solarize_p" in cfg else 0.0
+        cfg = {f: _read(cfg, f) for f in fields if f not in optional}
 
         image_size = _int(cfg, "image_size", 1)
         crop_scale = _pair(cfg, "crop_scale", 0.0, 1.0, open_low=True, rng="0 < lo <= hi <= 1")
@@ -104,6 +110,7 @@ class AugRecipe:
             mean=mean,  # type: ignore[arg-type]
             std=std,  # type: ignore[arg-type]
             order=order,
+            solarize_p=solarize_p,
         )
 
 

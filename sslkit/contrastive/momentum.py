@@ -33,6 +33,19 @@ def momentum_at(base: float, progress: float, schedule: str = "constant") -> flo
     raise ValueError(f"unknown momentum schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
 
 
+def cosine_between(step: int, total_steps: int, start: float, end: float) -> float:
+    """`start` at step 0 to `end` at step `total_steps` on a half cosine, clamped outside [0, total]:
+    end + (start - end) (1 + cos(pi k / K)) / 2, the value of DINO's `utils.cosine_scheduler` at step k."""
+    k = min(max(step, 0), total_steps)
+    return end + (start - end) * (1.0 + math.cos(math.pi * k / max(total_steps, 1))) / 2.0
+
+
+def ema_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
+    """The target network's momentum at optimizer step `step` of `total_steps` (BYOL, arXiv 2006.07733,
+    Sec. 3.2: tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2, tau_base = 0.996; DINO's teacher the same)."""
+    return cosine_between(step, total_steps, base, final)
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy of `module` that receives no gradients (a momentum encoder's start)."""
     import copy

@@ -1,13 +1,16 @@
-"""Optimizers (SGD, LARS) with the learning rate scaled by batch size (Goyal et al. 2017, eq. 1)."""
+"""Optimizers (SGD, LARS, AdamW) with the learning rate scaled by batch size (Goyal et al. 2017, eq. 1),
+over parameter groups: biases and norms without weight decay, and per-group rules (a learning-rate scale,
+a fixed learning rate, no decay) that a method declares by parameter-name prefix."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
-from torch.optim import SGD, Optimizer
+from torch.optim import SGD, AdamW, Optimizer
 
 from sslkit.engine.lars import LARS
 from sslkit.errors import ConfigError
@@ -29,27 +32,63 @@ def scaled_lr(lr: float, batch_size: int, scaling: str) -> float:
     raise ConfigError(f"optim.lr_scaling='{scaling}' is invalid; valid: linear, sqrt, none")
 
 
-def _groups(model: nn.Module, weight_decay: float, exclude_key: str) -> list[dict[str, Any]]:
-    """Biases and 1-d (norm) parameters apart: no weight decay, no LARS adaptation."""
-    decay: list[nn.Parameter] = []
-    plain: list[nn.Parameter] = []
-    for p in model.parameters():
-        if p.requires_grad:
-            (plain if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": plain, "weight_decay": 0.0, exclude_key: True}]
+@dataclass(frozen=True)
+class GroupRule:
+    """Parameters whose name starts with `prefix` (e.g. "predictor"): their learning rate is `lr_scale` x
+    the scheduled one, or held at its start value when `fixed_lr` (SimSiam's predictor, arXiv 2011.10566
+    Sec. 4.2 / `--fix-pred-lr`), and `weight_decay=False` takes them out of decay. The first rule whose
+    prefix matches wins."""
+
+    prefix: str
+    lr_scale: float = 1.0
+    fixed_lr: bool = False
+    weight_decay: bool = True
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], batch_size: int) -> Optimizer:
-    """SGD (MoCo: wd on every parameter, as the reference code) or LARS (SimCLR: biases/BN excluded)."""
+def param_groups(model: nn.Module, weight_decay: float, rules: Sequence[GroupRule] = (),
+                 exclude_bias_and_norm: bool = True) -> list[dict[str, Any]]:
+    """The trainable parameters split by rule and by decay; empty groups are left out.
+
+    Each group holds `params`, `weight_decay` (0 for biases and 1-d norm parameters when
+    `exclude_bias_and_norm`, as DINO's `get_params_groups` and SimCLR's LARS), `lr_scale`, `fixed_lr`,
+    `no_decay` and `lars_exclude` (= no_decay: LARS neither adapts nor decays them).
+    """
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        rule = next((i for i, r in enumerate(rules) if name.startswith(r.prefix)), -1)
+        no_decay = (exclude_bias_and_norm and p.ndim <= 1) or (rule >= 0 and not rules[rule].weight_decay)
+        buckets.setdefault((rule, no_decay), []).append(p)
+    groups = []
+    for (rule, no_decay), params in sorted(buckets.items()):
+        r = rules[rule] if rule >= 0 else GroupRule("")
+        groups.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": r.lr_scale,
+                       "fixed_lr": r.fixed_lr, "no_decay": no_decay, "lars_exclude": no_decay})
+    return groups
+
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+
+
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], batch_size: int,
+                    rules: Sequence[GroupRule] = ()) -> Optimizer:
+    """SGD (MoCo: wd on every parameter, as the reference code), LARS (SimCLR, BYOL, Barlow Twins: biases
+    and norms excluded) or AdamW (DINO: torch's, biases and norms without decay). `optim.exclude_bias_and_norm`
+    overrides the exclusion; each group's rate is the scaled `optim.lr` x its rule's `lr_scale`."""
     lr = scaled_lr(float(cfg["lr"]), batch_size, str(cfg.get("lr_scaling", "linear")))
     name = cfg["name"]
-    params = [p for p in model.parameters() if p.requires_grad]
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+    wd = float(cfg.get("weight_decay", {"sgd": 1e-4, "lars": 1e-6, "adamw": 0.04}[name]))
+    groups = param_groups(model, wd, rules, bool(cfg.get("exclude_bias_and_norm", name != "sgd")))
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     if name == "sgd":
-        return SGD(params, lr=lr, momentum=float(cfg.get("momentum", 0.9)),
-                   weight_decay=float(cfg.get("weight_decay", 1e-4)), nesterov=bool(cfg.get("nesterov", False)))
+        return SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd,
+                   nesterov=bool(cfg.get("nesterov", False)))
     if name == "lars":
-        return LARS(_groups(model, float(cfg.get("weight_decay", 1e-6)), "lars_exclude"), lr=lr,
-                    momentum=float(cfg.get("momentum", 0.9)), weight_decay=float(cfg.get("weight_decay", 1e-6)),
+        return LARS(groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd,
                     trust_coefficient=float(cfg.get("trust_coefficient", 0.001)))
-    raise ConfigError(f"unknown optimizer '{name}'; valid: sgd, lars")
+    betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
+    return AdamW(groups, lr=lr, betas=(betas[0], betas[1]), eps=float(cfg.get("eps", 1e-8)), weight_decay=wd)

@@ -1,4 +1,4 @@
-"""Projection heads: MoCo v1's linear fc, and the n-layer MLP of SimCLR / MoCo v2.
+"""Projection heads: MoCo v1's linear fc, the n-layer MLP of SimCLR / MoCo v2, and any per-layer MLP.
 
 A plain nn.Sequential (rather than lightly's heads) so that checkpoint keys stay `0.weight`,
 `2.weight`... and any depth or BN choice is one config value.
@@ -12,10 +12,13 @@ from typing import Any
 from torch import nn
 
 from sslkit.errors import ConfigError
+from sslkit.nn.mlp import build_mlp, mlp_layers
 
 
 def build_head(cfg: Mapping[str, Any], in_dim: int) -> nn.Sequential:
     """`kind=linear`: fc(in, out). `kind=mlp`: (num_layers-1) x [fc(hidden) (+BN) ReLU], then fc(out) (+BN).
+    `kind=layers`: `layers` is a list of layer specs (sslkit.nn.mlp.LayerSpec: out_dim, bn, activation,
+    bias), one per layer, for the projectors of BYOL, SimSiam, Barlow Twins, VICReg, SwAV.
 
     `hidden_dim: null` is the backbone's feature dimension, as the official MoCo v2 code (`dim_mlp =
     fc.weight.shape[1]`: 2048 for ResNet-50, 512 for ResNet-18) and SimCLR. `batch_norm: true` is
@@ -23,11 +26,13 @@ def build_head(cfg: Mapping[str, Any], in_dim: int) -> nn.Sequential:
     followed by BN, the last BN without a learned shift (centre=False there: its bias stays 0 here).
     """
     kind = cfg.get("kind", "mlp")
+    if kind == "layers":
+        return build_mlp(in_dim, list(cfg.get("layers") or []))
     out_dim = int(cfg.get("out_dim", 128))
     if kind == "linear":
         return nn.Sequential(nn.Linear(in_dim, out_dim))
     if kind != "mlp":
-        raise ConfigError(f"unknown head.kind '{kind}'; valid: linear, mlp")
+        raise ConfigError(f"unknown head.kind '{kind}'; valid: linear, mlp, layers")
     layers = int(cfg.get("num_layers", 2))
     if layers < 1:
         raise ConfigError(f"head.num_layers must be >= 1, got {layers}")
@@ -36,17 +41,5 @@ def build_head(cfg: Mapping[str, Any], in_dim: int) -> nn.Sequential:
     if hidden < 1:
         raise ConfigError(f"head.hidden_dim must be >= 1 (or null: the feature dimension), got {hidden}")
     bn = bool(cfg.get("batch_norm", False))
-    blocks: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(layers - 1):
-        blocks.append(nn.Linear(dim, hidden, bias=not bn))
-        if bn:
-            blocks.append(nn.BatchNorm1d(hidden))
-        blocks.append(nn.ReLU(inplace=True))
-        dim = hidden
-    blocks.append(nn.Linear(dim, out_dim, bias=not bn))
-    if bn:
-        last = nn.BatchNorm1d(out_dim)
-        last.bias.requires_grad_(False)  # scale but no shift, as SimCLR's last layer
-        blocks.append(last)
-    return nn.Sequential(*blocks)
+    # SimCLR's last BN scales without a learned shift
+    return build_mlp(in_dim, mlp_layers(hidden, out_dim, layers, "affine" if bn else "none", "scale" if bn else "none"))

@@ -58,3 +58,21 @@ def test_ema_rejects_modules_with_different_parameters():
     for target, online in ((small, big), (big, small)):
         with pytest.raises(ValueError, match="different parameters"):
             ema_update(target, online, 0.9)
+
+
+def test_ema_momentum_follows_byols_cosine_at_every_step():
+    from sslkit.contrastive.momentum import ema_momentum
+
+    total = 37
+    for k in range(total + 3):
+        expected = 1 - (1 - 0.996) * (math.cos(math.pi * min(k, total) / total) + 1) / 2  # BYOL Sec. 3.2
+        assert ema_momentum(k, total) == pytest.approx(expected, abs=1e-15), k
+    # DINO's utils.cosine_scheduler(0.996, 1, epochs, niter_per_ep): the same values for its K steps
+    import numpy as np
+
+    dino = 1 + 0.5 * (0.996 - 1) * (1 + np.cos(np.pi * np.arange(total) / total))
+    assert [ema_momentum(k, total) for k in range(total)] == pytest.approx(dino.tolist(), abs=1e-15)
+    assert ema_momentum(0, total) == pytest.approx(0.996) and ema_momentum(total, total) == 1.0
+    values = [ema_momentum(k, total) for k in range(total + 1)]
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))  # rises every step
+    assert ema_momentum(5, 10, base=0.99, final=0.999) == pytest.approx(0.99 + 0.009 / 2)
