@@ -8,13 +8,13 @@ from omegaconf import DictConfig
 
 from sslkit.config import as_dict, compose
 from sslkit.errors import ConfigError
-from sslkit.methods.base import ContrastiveMethod
+from sslkit.methods.base import SSLMethod
 from sslkit.nn.backbones import build_backbone
 from sslkit.params import check_method_params
 from sslkit.registry import resolve_method
 
 
-def build_method(cfg: DictConfig) -> ContrastiveMethod:
+def build_method(cfg: DictConfig) -> SSLMethod:
     """`cfg.method.name` resolved through the registry, built on `cfg.backbone` and `cfg.head`."""
     check_method_params(cfg)
     params: dict[str, Any] = as_dict(cfg.method)

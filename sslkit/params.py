@@ -20,7 +20,7 @@ from sslkit.registry import resolve_method
 BUILT_IN_ARGS = ("self", "backbone", "feature_dim", "head")
 
 
-def method_params(cls: type[ContrastiveMethod]) -> dict[str, inspect.Parameter]:
+def method_params(cls: type[SSLMethod]) -> dict[str, inspect.Parameter]:
     """The `method.*` keys a method accepts: the keyword parameters of its `__init__`, and, where that
     passes `**kwargs` on (or has no `__init__` of its own), those of its parent classes."""
     params: dict[str, inspect.Parameter] = {}
@@ -37,7 +37,7 @@ def method_params(cls: type[ContrastiveMethod]) -> dict[str, inspect.Parameter]:
     return params
 
 
-def declared_defaults(cls: type[ContrastiveMethod]) -> dict[str, Any]:
+def declared_defaults(cls: type[SSLMethod]) -> dict[str, Any]:
     """A plug-in's defaults: its `defaults_file` YAML, else the defaults in its `__init__` signature."""
     if cls.defaults_file:
         path = Path(inspect.getfile(cls)).parent / cls.defaults_file

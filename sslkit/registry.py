@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, TypeVar
 from sslkit.errors import ConfigError, suggestion
 
 if TYPE_CHECKING:
-    from sslkit.methods.base import ContrastiveMethod
+    from sslkit.methods.base import SSLMethod
 
 _T = TypeVar("_T", bound=type)
-_METHODS: dict[str, type[ContrastiveMethod]] = {}
+_METHODS: dict[str, type[SSLMethod]] = {}
 ENTRY_POINT_GROUP = "sslkit.methods"
 
 
 def register_method(name: str) -> Callable[[_T], _T]:
-    """Class decorator: make a `ContrastiveMethod` subclass available as `method=<name>`."""
+    """Class decorator: make a `SSLMethod` subclass (a `ContrastiveMethod` is one) available as `method=<name>`."""
 
     def wrap(cls: _T) -> _T:
         _METHODS[name] = cls
@@ -35,7 +35,7 @@ def _entry_points() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def available_methods() -> dict[str, type[ContrastiveMethod]]:
+def available_methods() -> dict[str, type[SSLMethod]]:
     """Every method: built-ins, decorated classes imported so far, and installed entry points."""
     _load_builtin()
     for name, ep in _entry_points().items():
@@ -48,7 +48,7 @@ def available_methods() -> dict[str, type[ContrastiveMethod]]:
     return dict(_METHODS)
 
 
-def _from_path(spec: str) -> type[ContrastiveMethod]:
+def _from_path(spec: str) -> type[SSLMethod]:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -60,7 +60,7 @@ def _from_path(spec: str) -> type[ContrastiveMethod]:
     return cls
 
 
-def resolve_method(name: str) -> type[ContrastiveMethod]:
+def resolve_method(name: str) -> type[SSLMethod]:
     """The class for `name`: a registered name, an entry point, or `package.module:ClassName`."""
     from sslkit.methods.base import SSLMethod
 

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from sslkit.app.export import export_backbone
 from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_transform, resolve_backend
+from sslkit.augment.views import BatchedViews, PerImageViews, views_from_config
 from sslkit.build import build_method
 from sslkit.config import as_dict, to_yaml
 from sslkit.data import bad_count, build_dataset
@@ -36,7 +37,7 @@ from sslkit.engine.schedule import build_scheduler
 from sslkit.engine.state import TrainState, restore
 from sslkit.errors import ConfigError
 from sslkit.files import tensor_bytes
-from sslkit.methods.base import ContrastiveMethod
+from sslkit.methods.base import SSLMethod
 
 
 def seed_everything(seed: int) -> None:
@@ -60,13 +61,31 @@ def new_run_dir(cfg: DictConfig, world: World) -> Path:
     return path
 
 
-def _views_maker(cfg: DictConfig, dataset: Any, n_views: int, device: torch.device) -> tuple[Any, MakeViews]:
-    recipe = AugRecipe.from_config(as_dict(cfg.aug))
+def _views_maker(cfg: DictConfig, dataset: Any, method: SSLMethod, device: torch.device) -> tuple[Any, MakeViews]:
+    """The views of a step: the config's `views` (named view recipes, each with its size and count) or
+    the method's `n_views` copies of the `aug` recipe; made in DataLoader workers (per-image backend) or
+    on the batch (batched backend)."""
     backend = resolve_backend(str(cfg.aug.backend), bool(getattr(dataset, "in_memory", False)))
-    if backend == "per_image":  # workers make the views
-        return dataset.with_transform(MultiView(per_image_transform(recipe), n_views)), lambda views: views
-    aug = BatchedAugment(recipe).to(device)
-    return dataset, lambda images: [aug(images) for _ in range(n_views)]
+    if cfg.get("views") is None:
+        recipe = AugRecipe.from_config(as_dict(cfg.aug))
+        n_views = method.n_views
+        if method.needs_local_views:
+            raise ConfigError(f"method '{cfg.method.name}' needs local crops but views=null gives {n_views} "
+                              f"global views; use views=dino or views={{set: swav, n_local: 6}}")
+        if backend == "per_image":  # workers make the views
+            return dataset.with_transform(MultiView(per_image_transform(recipe), n_views)), lambda views: views
+        aug = BatchedAugment(recipe).to(device)
+        return dataset, lambda images: [aug(images) for _ in range(n_views)]
+    raw = OmegaConf.to_container(cfg.views, resolve=True) if isinstance(cfg.views, DictConfig | ListConfig) \
+        else str(cfg.views)
+    specs = views_from_config(raw, int(cfg.data.image_size), list(cfg.data.mean), list(cfg.data.std))  # type: ignore[arg-type]
+    if method.needs_local_views and not any(s.recipe.image_size < int(cfg.data.image_size) for s in specs):
+        raise ConfigError(f"method '{cfg.method.name}' needs local crops but views={raw} has none; "
+                          f"use views={{set: {raw if isinstance(raw, str) else 'dino'}, n_local: 6}} or more")
+    if backend == "per_image":
+        return dataset.with_transform(PerImageViews(specs)), lambda views: views
+    batched = BatchedViews(specs).to(device)
+    return dataset, lambda images: batched(images)
 
 
 def _monitor_hooks(cfg: DictConfig, world: World) -> list[Callable[[int, nn.Module], dict[str, float]]]:
@@ -93,11 +112,11 @@ def train(cfg: DictConfig, resume_from: dict[str, Any] | None = None) -> Path:
         shutdown()
 
 
-def _method_on_device(cfg: DictConfig, world: World, dataset: Any) -> tuple[ContrastiveMethod, Any, MakeViews,
+def _method_on_device(cfg: DictConfig, world: World, dataset: Any) -> tuple[SSLMethod, Any, MakeViews,
                                                                              Machine]:
     """The method (on its device, SyncBN and channels_last applied), the dataset, its views and the machine fit."""
     method = build_method(cfg)
-    dataset, make_views = _views_maker(cfg, dataset, method.n_views, world.device)
+    dataset, make_views = _views_maker(cfg, dataset, method, world.device)
     machine = fit_to_machine(cfg, world.device, method.encoder(), not getattr(dataset, "in_memory", False))
     if cfg.trainer.sync_bn and world.size > 1:
         if world.device.type != "cuda":
@@ -123,11 +142,11 @@ def _settings(cfg: DictConfig, spe: int, machine: Machine) -> LoopSettings:
                         precision=machine.precision, channels_last=machine.channels_last)
 
 
-def _trial(cfg: DictConfig, method: ContrastiveMethod, loader: DataLoader, make_views: MakeViews, world: World,
+def _trial(cfg: DictConfig, method: SSLMethod, loader: DataLoader, make_views: MakeViews, world: World,
            settings: LoopSettings, scaler: torch.amp.GradScaler | None) -> FitInputs:
     """What the time budget is measured on: a copy of the method with its own optimizer and schedule."""
     trial = copy.deepcopy(method)
-    optimizer = build_optimizer(trial, cfg.optim, int(cfg.data.batch_size))
+    optimizer = build_optimizer(trial, cfg.optim, int(cfg.data.batch_size), trial.param_rules())
     scheduler = build_scheduler(optimizer, cfg.optim, time_budget.TRIAL_STEPS, settings.steps_per_epoch)
     return FitInputs(trial, loader, make_views, optimizer, scheduler, world, settings, Path(), NullLogger(), scaler)
 
@@ -145,7 +164,7 @@ def _fit_budget(cfg: DictConfig, trial: FitInputs, began: float, minutes: float)
 
 
 def _prepare_run_dir(cfg: DictConfig, world: World, run_dir: Path, resumed: TrainState | None,
-                     method: ContrastiveMethod) -> None:
+                     method: SSLMethod) -> None:
     """Write config.yaml into `run_dir` (after a free-space check) and seed each rank's augmentations."""
     if resumed is None:
         seed_everything(int(cfg.seed) + 1000 * world.rank + 1)  # different augmentations per rank
@@ -168,7 +187,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
                           num_workers=machine.workers)
     settings = _settings(cfg, steps_per_epoch(len(dataset), batch, world.size), machine)
     scaler = torch.amp.GradScaler("cuda") if machine.precision == "fp16" and world.device.type == "cuda" else None
-    optimizer = build_optimizer(method, cfg.optim, batch)
+    optimizer = build_optimizer(method, cfg.optim, batch, method.param_rules())
     budget_note = ""
     # claimed before the budget is timed: a refused out= costs no timed steps
     run_dir = new_run_dir(cfg, world) if resume_from is None else Path(str(cfg.out))
@@ -197,7 +216,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
     return run_dir
 
 
-def _finish(method: ContrastiveMethod, run_dir: Path, world: World, done: int, step: int, seconds: float,
+def _finish(method: SSLMethod, run_dir: Path, world: World, done: int, step: int, seconds: float,
             bad: int) -> None:
     """backbone.pt, training.png and the last line."""
     export_backbone(method.encoder(), run_dir / "backbone.pt")
@@ -209,7 +228,7 @@ def _finish(method: ContrastiveMethod, run_dir: Path, world: World, done: int, s
     print(f"{what} in {seconds:.0f}s{skipped}; run dir: {run_dir}", flush=True)
 
 
-def checkpoint_bytes(method: ContrastiveMethod) -> int:
+def checkpoint_bytes(method: SSLMethod) -> int:
     """Disk a run needs for checkpoints: last.pt, prev.pt and the one being written (each about the
     method's state plus one optimizer buffer per trainable parameter), and backbone.pt."""
     state = tensor_bytes(dict(method.state_dict()))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -14,6 +13,7 @@ from torch.optim import SGD, AdamW, Optimizer
 
 from sslkit.engine.lars import LARS
 from sslkit.errors import ConfigError
+from sslkit.nn.param_groups import ParamRule
 
 
 def scaled_lr(lr: float, batch_size: int, scaling: str) -> float:
@@ -32,20 +32,7 @@ def scaled_lr(lr: float, batch_size: int, scaling: str) -> float:
     raise ConfigError(f"optim.lr_scaling='{scaling}' is invalid; valid: linear, sqrt, none")
 
 
-@dataclass(frozen=True)
-class GroupRule:
-    """Parameters whose name starts with `prefix` (e.g. "predictor"): their learning rate is `lr_scale` x
-    the scheduled one, or held at its start value when `fixed_lr` (SimSiam's predictor, arXiv 2011.10566
-    Sec. 4.2 / `--fix-pred-lr`), and `weight_decay=False` takes them out of decay. The first rule whose
-    prefix matches wins."""
-
-    prefix: str
-    lr_scale: float = 1.0
-    fixed_lr: bool = False
-    weight_decay: bool = True
-
-
-def param_groups(model: nn.Module, weight_decay: float, rules: Sequence[GroupRule] = (),
+def param_groups(model: nn.Module, weight_decay: float, rules: Sequence[ParamRule] = (),
                  exclude_bias_and_norm: bool = True) -> list[dict[str, Any]]:
     """The trainable parameters split by rule and by decay; empty groups are left out.
 
@@ -62,7 +49,7 @@ def param_groups(model: nn.Module, weight_decay: float, rules: Sequence[GroupRul
         buckets.setdefault((rule, no_decay), []).append(p)
     groups = []
     for (rule, no_decay), params in sorted(buckets.items()):
-        r = rules[rule] if rule >= 0 else GroupRule("")
+        r = rules[rule] if rule >= 0 else ParamRule("")
         groups.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": r.lr_scale,
                        "fixed_lr": r.fixed_lr, "no_decay": no_decay, "lars_exclude": no_decay})
     return groups
@@ -72,7 +59,7 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], batch_size: int,
-                    rules: Sequence[GroupRule] = ()) -> Optimizer:
+                    rules: Sequence[ParamRule] = ()) -> Optimizer:
     """SGD (MoCo: wd on every parameter, as the reference code), LARS (SimCLR, BYOL, Barlow Twins: biases
     and norms excluded) or AdamW (DINO: torch's, biases and norms without decay). `optim.exclude_bias_and_norm`
     overrides the exclusion; each group's rate is the scaled `optim.lr` x its rule's `lr_scale`."""

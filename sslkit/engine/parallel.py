@@ -9,10 +9,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sslkit.devices import World, broadcast_
-from sslkit.methods.base import ContrastiveMethod
+from sslkit.methods.base import SSLMethod
 
 
-def wrap(method: ContrastiveMethod, world: World) -> nn.Module:
+def wrap(method: SSLMethod, world: World) -> nn.Module:
     """The module the loop calls: `method` itself in one process, or after every rank took rank 0's
     weights; DistributedDataParallel unless the method runs backward itself (`custom_backward`)."""
     if world.size == 1:

@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from sslkit.engine.optim import GroupRule, build_optimizer, param_groups
+from sslkit.engine.optim import build_optimizer, param_groups
 from sslkit.engine.schedule import LrWdSchedule, build_scheduler, lr_factor, weight_decay_at
 from sslkit.errors import ConfigError
+from sslkit.nn.param_groups import ParamRule
 
 ADAMW = {"name": "adamw", "lr": 0.004, "lr_scaling": "linear", "weight_decay": 0.04, "weight_decay_end": 0.4,
          "schedule": "cosine", "warmup_epochs": 2, "min_lr_ratio": 0.1}
-RULES = (GroupRule("pred", fixed_lr=True), GroupRule("head", lr_scale=0.5), GroupRule("frozen_wd", weight_decay=False))
+RULES = (ParamRule("pred", fixed_lr=True), ParamRule("head", lr_scale=0.5), ParamRule("frozen_wd", weight_decay=False))
 
 
 class Net(nn.Module):
