@@ -84,9 +84,7 @@ def cmd_study(table: str, overrides: list[str]) -> int:
 def cmd_methods() -> int:
     from sslkit.registry import available_methods
 
-    methods = sorted(available_methods().items())
-    print(f"{'method':<14} {'family':<22} {'paper':<44} what")
-    for name, cls in methods:
+    for name, cls in sorted(available_methods().items()):  # name, family, paper, first docstring line
         doc = (cls.__doc__ or "").strip().splitlines()
         paper = getattr(cls, "paper", "") or "-"
         print(f"{name:<14} {getattr(cls, 'family', 'other'):<22} {paper:<44} {doc[0] if doc else cls.__qualname__}")

@@ -1,4 +1,5 @@
-"""The docs' SimSiam example, run as a user would: its code block, through `sslkit train`."""
+"""The docs' two plug-in routes, run as a user would: each code block, through `sslkit train` — SimSiam
+through the general `SSLMethod`, an in-batch InfoNCE method through `ContrastiveMethod`."""
 
 import re
 from pathlib import Path
@@ -15,9 +16,19 @@ SMALL = ["data.subset=64", "data.batch_size=16", "trainer.max_steps=2", "trainer
 
 @pytest.fixture
 def user_dir(tmp_path: Path) -> Path:
-    code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
-    (tmp_path / "my_simsiam.py").write_text(code)
+    simsiam, inbatch = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)[:2]
+    (tmp_path / "my_simsiam.py").write_text(simsiam)
+    (tmp_path / "my_inbatch.py").write_text(inbatch)
     return tmp_path
+
+
+def _module(user_dir: Path, name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_doc_{name}", user_dir / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _env_run(user_dir: Path, *args: str):
@@ -55,7 +66,7 @@ def test_entry_point_registration(user_dir, tmp_path):
     (dist / "entry_points.txt").write_text("[sslkit.methods]\nsiam = my_simsiam:SimSiam\n")
     listed = _env_run(user_dir, "methods")
     assert listed.returncode == 0, listed.stderr
-    assert re.search(r"^siam\s+Siamese encoder", listed.stdout, re.M)
+    assert re.search(r"^siam\s+siamese\s+Chen & He 2021, arXiv 2011.10566\s+Siamese encoder", listed.stdout, re.M)
     res = _env_run(user_dir, "train", "method=siam", *SMALL, f"out={tmp_path / 'ep'}")
     assert res.returncode == 0, res.stderr
 
@@ -68,3 +79,64 @@ def test_module_path_errors_are_one_line(user_dir):
     res = _env_run(user_dir, "train", "method=no_such_module:X")
     assert res.returncode == 2 and "cannot import module 'no_such_module'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_the_general_route_declares_a_fixed_predictor_rate(user_dir, monkeypatch):
+    """SimSiam's `param_rules` reach the optimizer: over several scheduled steps the predictor's rate
+    stays at its start while every other group follows the cosine."""
+    import torch
+
+    from sslkit.engine.optim import build_optimizer
+    from sslkit.engine.schedule import build_scheduler
+    from sslkit.methods import SSLMethod
+    from tests.conftest import TinyEncoder
+
+    monkeypatch.setattr("sslkit.registry._METHODS", {})  # the doc's @register_method on a clean registry
+    doc = _module(user_dir, "my_simsiam")
+    assert issubclass(doc.SimSiam, SSLMethod) and doc.SimSiam.family == "siamese"
+    method = doc.SimSiam(TinyEncoder(8), 8, {"kind": "mlp", "hidden_dim": 16, "out_dim": 8}, pred_dim=4)
+    opt = build_optimizer(method, {"name": "sgd", "lr": 0.1, "lr_scaling": "none"}, 256, method.param_rules())
+    sched = build_scheduler(opt, {"schedule": "cosine", "warmup_epochs": 0}, 10, 10)
+    pred = {id(p) for p in method.predictor.parameters()}
+    fixed = [g for g in opt.param_groups if {id(p) for p in g["params"]} <= pred]
+    rest = [g for g in opt.param_groups if not {id(p) for p in g["params"]} & pred]
+    assert fixed and rest
+    for step in range(1, 8):
+        x = torch.rand(4, 3, 6, 6)
+        method([x, x.flip(-1)]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        assert all(g["lr"] == 0.1 for g in fixed)
+        expected = 0.1 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * step / 10))
+        assert all(abs(g["lr"] - expected) < 1e-12 for g in rest), step
+
+
+def test_the_contrastive_route_is_nt_xent(user_dir, monkeypatch):
+    """The ContrastiveMethod example's loss equals NT-Xent written out: -log softmax over the 2B-1 others."""
+    import torch
+    import torch.nn.functional as F
+
+    from sslkit.methods import ContrastiveMethod
+    from tests.conftest import TinyEncoder
+
+    monkeypatch.setattr("sslkit.registry._METHODS", {})
+    doc = _module(user_dir, "my_inbatch")
+    torch.manual_seed(0)
+    method = doc.InBatch(TinyEncoder(8), 8, {"kind": "mlp", "hidden_dim": 16, "out_dim": 8}, temperature=0.5)
+    assert isinstance(method, ContrastiveMethod) and method.family == "contrastive"
+    x1, x2 = torch.rand(6, 3, 6, 6), torch.rand(6, 3, 6, 6)
+    loss = method([x1, x2]).loss
+    z = torch.cat([F.normalize(method.head(method.backbone(v)), dim=1) for v in (x1, x2)])
+    sim = z @ z.T / 0.5
+    sim.fill_diagonal_(float("-inf"))
+    positives = torch.cat([torch.arange(6, 12), torch.arange(0, 6)])
+    torch.testing.assert_close(loss, F.cross_entropy(sim, positives))
+
+
+def test_the_contrastive_route_trains_through_the_cli(user_dir, tmp_path):
+    out = tmp_path / "inbatch"
+    res = _env_run(user_dir, "train", "method=my_inbatch:InBatch", *SMALL[:-1], "method.temperature=0.3",
+                   f"out={out}")
+    assert res.returncode == 0, res.stderr
+    assert "step 2/2" in res.stdout
