@@ -168,3 +168,11 @@ def test_multicrop_at_two_sizes_through_dataloader_workers(workers):
     assert [tuple(v.shape) for v in views] == [(3, 3, 28, 28)] * 2 + [(3, 3, 12, 12)] * 2
     assert labels.tolist() == [0, 1, 2]
     assert "swav_local" in repr(dataset.transform)
+
+
+def test_per_image_views_pickle_for_spawned_workers():
+    import pickle
+
+    specs = view_set("dino", 28, MEAN, STD, n_local=2)
+    views = pickle.loads(pickle.dumps(PerImageViews(specs)))(_images(1, 28)[0])
+    assert [tuple(v.shape) for v in views] == [(3, 28, 28)] * 2 + [(3, 12, 12)] * 2
