@@ -76,8 +76,10 @@ class SSLMethod(nn.Module, ABC):
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.head_cfg = dict(head or {"kind": "mlp"})
-        #: training progress in [0, 1] of the step being run (the engine sets it before `training_step`)
+        #: training progress in [0, 1] and epochs done (a float) before the step being run: the engine sets
+        #: both before `training_step`, so schedules in epochs (DINO's warm-ups) need no loader knowledge
         self.progress = 0.0
+        self.epoch = 0.0
         self._backward_fn: Callable[[Tensor], None] = Tensor.backward
         self._backward_calls = 0
 
@@ -90,12 +92,15 @@ class SSLMethod(nn.Module, ABC):
         """Turn the views (global views first, then local ones; each N x 3 x H x W) into a loss."""
 
     def forward(self, views: Sequence[Tensor], backward: Callable[[Tensor], None] | None = None,
-                progress: float | None = None) -> StepOutput:
+                progress: float | None = None, epoch: float | None = None) -> StepOutput:
         """The engine calls the module: one `training_step`, with `backward` (the engine's, AMP loss
-        scaling included) as what `self.backward` runs and `progress` as `self.progress`."""
+        scaling included) as what `self.backward` runs, and `progress` / `epoch` as `self.progress` /
+        `self.epoch`."""
         self._backward_fn, self._backward_calls = backward or Tensor.backward, 0
         if progress is not None:
             self.progress = float(progress)
+        if epoch is not None:
+            self.epoch = float(epoch)
         out = self.training_step(views)
         out.backward_done = self._backward_calls > 0
         return out

@@ -146,8 +146,9 @@ class _Loop:
         i, s = self.i, self.state
         views = _memory_format(i.make_views(_to_device(images, i.world.device)), i.settings.channels_last)
         progress = s.step / i.settings.total_steps  # of the steps done before this one
+        epoch = s.epoch + s.batch_in_epoch / i.settings.steps_per_epoch  # epochs done, a float
         with autocast(i.world.device, i.settings.precision):
-            out: StepOutput = self.model(views, self.backward, progress)
+            out: StepOutput = self.model(views, self.backward, progress, epoch)
         if not out.backward_done:
             self.backward(out.loss)
         if self.model is i.method and i.world.size > 1:
