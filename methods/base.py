@@ -40,7 +40,9 @@ class ContrastiveMethod(nn.Module, ABC):
     for data parallelism, calls `forward` (= `training_step`), steps the optimizer and then
     `after_step(progress)`. Everything in `state_dict()` (a queue, a momentum encoder) is checkpointed.
 
-    Subclass it, set `n_views` if not 2, and register with `@register_method("name")`.
+    Subclass it, set `n_views` if not 2, and register with `@register_method("name")`. A method that
+    depends on the number of training processes takes `world_size: int = 1` as a keyword of its
+    `__init__`: the app passes the World's size there (the one source; not a `method.*` key).
     """
 
     n_views: ClassVar[int] = 2
@@ -59,6 +61,13 @@ class ContrastiveMethod(nn.Module, ABC):
         self.head_cfg = dict(head or {"kind": "mlp"})
         self._backward_fn: Callable[[Tensor], None] = Tensor.backward
         self._backward_calls = 0
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        """Bounds on the method's own parameters (`method.*` values, by keyword): a one-line
+        sslkit.errors.ConfigError for a value out of range. Called once when the config is composed
+        (sslkit.params.check_method_params; types come from the `__init__` annotations) and by a
+        subclass's `__init__` for methods built by hand. Default: nothing to check."""
 
     def build_head(self) -> nn.Sequential:
         """A fresh projection head from the `head` config group, on top of the backbone features."""

@@ -3,9 +3,12 @@
 `trainer.precision=auto` picks bf16 autocast only where the hardware runs it natively (CUDA with
 bf16, or a CPU whose oneDNN reports native BF16: AVX-512-BF16 or AMX) and fp32 elsewhere, with TF32
 matmuls on Ampere and newer GPUs. `trainer.channels_last=auto` is on for CUDA; on a CPU a short timed
-probe of the model decides (NHWC is 1.07-1.15x faster for ResNet-18 on one AVX2 EPYC and slower for
-other models and CPUs: docs/benchmarks.md). On a CPU, torch threads plus DataLoader workers never
+probe of the model decides (which format wins depends on the model, the batch and the CPU: the
+measurements are in docs/benchmarks.md). On a CPU, torch threads plus DataLoader workers never
 exceed the cores this process may use (`os.sched_getaffinity`).
+
+It reads the resolved config and returns what it decided (`Machine`); it writes nothing into the
+config: the app freezes the decisions into the run plan (sslkit.plan).
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from sslkit.devices import world_size
+from sslkit.config import PRECISIONS
 from sslkit.errors import ConfigError
 
-PRECISIONS = ("auto", "32", "bf16", "fp16")
-# bf16 autocast without native BF16, measured on an AMD EPYC (AVX2): ResNet-18 forward+backward at
-# 32 px ran 9-50x slower than fp32 (issue 8; benchmarks/bench_cpu_precision.py).
+# bf16 autocast without native BF16 (AVX2 CPUs): the measured slowdown is in docs/benchmarks.md
+# (benchmarks/bench_cpu_precision.py); this is the warning's wording of it.
 EMULATED_BF16_SLOWDOWN = "about 10-50x slower than fp32"
 
 
@@ -151,6 +153,12 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cores_per_process(nproc: int) -> int:
+    """The usable cores each of `nproc` processes on this machine gets (torchrun's OMP_NUM_THREADS,
+    and the cores a rank splits between threads and workers)."""
+    return max(1, usable_cores() // max(1, int(nproc)))
+
+
 def env_threads() -> int | None:
     """OMP_NUM_THREADS when the user set it (a thread count chosen outside sslkit), else None."""
     value = os.environ.get("OMP_NUM_THREADS", "")
@@ -169,9 +177,8 @@ def cpu_split(cores: int, wants_workers: bool, threads: int | None = None, worke
     Explicit `threads` (trainer.threads, else OMP_NUM_THREADS) and `workers` (data.num_workers) win.
     Otherwise a loader that decodes images (`wants_workers`) gets half the cores as workers when there
     are more than two, and the main process keeps the rest for the model. On one or two cores the main
-    process decodes and every core runs the model: on 2 cores that measured 1.12x (32 px) to 1.6x (96 px)
-    the 1 worker + 1 thread split in training and 1.6x in feature extraction at 224 px
-    (benchmarks/bench_train_split.py, bench_threads.py). In-memory data needs no workers.
+    process decodes and every core runs the model, which measured faster than one worker + one thread
+    (docs/benchmarks.md: benchmarks/bench_train_split.py, bench_threads.py). In-memory data needs no workers.
     """
     cores = max(1, int(cores))
     if workers is None:
@@ -230,26 +237,27 @@ PROBE_MIN_STEPS = 50  # runs shorter than this keep NCHW on a CPU without timing
 
 def _probe_batch(image_size: int, batch: int) -> int:
     """The run's own per-process batch, capped at 256 images of 32 px (fewer for larger images), so the
-    probe costs a few steps at most. The faster format depends on the batch: with split BN, 32 images
-    timed NHWC 0.91x NCHW where the run's 256 ran 1.08-1.25x (benchmarks/bench_probe_batch.py)."""
+    probe costs a few steps at most. The faster format depends on the batch (docs/benchmarks.md,
+    benchmarks/bench_probe_batch.py), so the probe times the run's own batch."""
     return max(2, min(int(batch), int(256 * (32 / max(1, image_size)) ** 2)))
 
 
 def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wants_workers: bool,
-                   probe: Callable[[], bool] | None = None) -> Machine:
-    """Resolve trainer.precision/channels_last ("auto"), write the results back into `cfg` (so
-    config.yaml and the checkpoint record them), and split the CPU between threads and workers."""
+                   probe: Callable[[], bool] | None = None, world_size: int = 1) -> Machine:
+    """Resolve trainer.precision/channels_last ("auto") and split the CPU between threads and
+    workers; `cfg` is only read (the app records the result in the run plan and config.yaml).
+    `world_size`: the training processes (the World's size), which share the global batch."""
     trainer, data = cfg.trainer, cfg.data
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
     split = apply_cpu_split(device, wants_workers, trainer.get("threads"), data.get("num_workers"),
-                            max(1, usable_cores() // max(1, local)))
+                            cores_per_process(local))
     asked_precision, asked_layout = str(trainer.precision), trainer.channels_last
     precision = resolve_precision(asked_precision, device)
     size = int(data.image_size)
     max_steps = trainer.get("max_steps")
     short = bool(max_steps) and int(max_steps) < PROBE_MIN_STEPS and trainer.get("time_budget") is None
     if probe is None:  # a probe costs a few steps; for a few steps NCHW is kept untimed
-        batch = max(1, int(data.batch_size) // max(1, world_size()))
+        batch = max(1, int(data.batch_size) // max(1, int(world_size)))
         probe = (lambda: False) if short else (lambda: probe_channels_last(encoder, size, _probe_batch(size, batch)))
     channels_last = resolve_channels_last(asked_layout, device, probe)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -267,7 +275,5 @@ def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wa
     if str(asked_layout) == "auto":
         how.append("auto layout: " + ("CUDA" if device.type == "cuda" else
                                       "run too short to probe" if short else "timed probe"))
-    OmegaConf.update(cfg, "trainer.precision", precision)
-    OmegaConf.update(cfg, "trainer.channels_last", channels_last)
     return Machine(precision, channels_last, split.threads, split.workers, "; ".join(how),
                    precision_warning(precision, device))
