@@ -64,9 +64,9 @@ class MoCoV1(ContrastiveMethod):
         if not 0.0 <= p("momentum", 0.0) <= 1.0:
             raise ConfigError(f"method.momentum must be in [0, 1], got {p('momentum')}")
         if p("queue_size", 1) <= 0:
-            raise ConfigError(f"method.queue_size must be a positive number of keys, got {p('queue_size')}")
+            raise ConfigError(f"method.queue_size={p('queue_size')} is invalid: must be > 0 (a number of keys)")
         if p("temperature", 1.0) <= 0:
-            raise ConfigError(f"method.temperature must be > 0, got {p('temperature')}")
+            raise ConfigError(f"method.temperature={p('temperature')} is invalid: must be > 0")
         if p("split_bn_groups", 1) < 1:
             raise ConfigError(f"method.split_bn_groups must be >= 1, got {p('split_bn_groups')}")
         if p("momentum_schedule", "constant") not in SCHEDULES:  # else the first after_step fails, after set-up

@@ -51,10 +51,10 @@ class SimCLR(ContrastiveMethod):
     def check_params(cls, params: Mapping[str, Any]) -> None:
         """tau > 0; chunks of at least one image (their types come from `__init__`'s annotations)."""
         if params.get("temperature", 1.0) <= 0:
-            raise ConfigError(f"method.temperature must be > 0, got {params.get('temperature')}")
+            raise ConfigError(f"method.temperature={params.get('temperature')} is invalid: must be > 0")
         chunk = params.get("chunk_size")
         if chunk is not None and chunk < 1:
-            raise ConfigError(f"method.chunk_size must be >= 1 image (or null), got {chunk}")
+            raise ConfigError(f"method.chunk_size={chunk} is invalid: must be >= 1 image (or null: no chunks)")
 
     def _embed(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))

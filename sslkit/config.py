@@ -170,7 +170,7 @@ def auto_warmup(cfg: DictConfig) -> float | int | None:
     if value is None or isinstance(value, int | float) and not isinstance(value, bool):
         if value is not None and value < 0:
             raise _bad("optim.warmup_epochs", value, "must be >= 0 (or auto)")
-        return value  # type: ignore[no-any-return]
+        return value
     if value != "auto":
         raise _bad("optim.warmup_epochs", value, "expected a number of epochs, or auto")
     side = OmegaConf.select(cfg, "data.image_size", default=None)

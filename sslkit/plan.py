@@ -24,9 +24,9 @@ from sslkit.errors import ConfigError
 PLAN_KEY = "plan"
 
 
-def frozen(container: Mapping[str, Any] | DictConfig) -> DictConfig:
+def frozen(container: Mapping[Any, Any] | DictConfig) -> DictConfig:
     """A new read-only, struct config of `container` (a config's copy, never the config itself)."""
-    data = OmegaConf.to_container(container, resolve=True) if isinstance(container, DictConfig) else container
+    data: Any = OmegaConf.to_container(container, resolve=True) if isinstance(container, DictConfig) else container
     cfg = OmegaConf.create(data)
     if not isinstance(cfg, DictConfig):
         raise ConfigError("a config must be a mapping of keys")

@@ -25,8 +25,8 @@ SOURCES = tuple(str(ROOT / d) + "/" for d in ("sslkit", "methods", "evaluation")
 CONSULTS = (
     ("registry scan (built-ins + entry points)", "sslkit/registry.py", "_entry_points"),
     ("registry scan (built-ins + entry points)", "sslkit/plugins.py", "_scan"),
-    ("registry lookups (resolve a name)", "sslkit/registry.py", "resolve_method"),
-    ("registry lookups (resolve a name)", "sslkit/plugins.py", "get"),
+    ("method lookups (resolve_method)", "sslkit/registry.py", "resolve_method"),
+    ("registry lookups, all registries (Registry.get)", "sslkit/plugins.py", "get"),
     ("Hydra override parser: lists parsed", "override_parser/overrides_parser.py", "parse_overrides"),
     ("Hydra override parser: override texts parsed", "override_parser/overrides_parser.py", "parse_rule"),
     ("Hydra compose", "hydra/compose.py", "compose"),

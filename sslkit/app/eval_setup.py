@@ -4,6 +4,7 @@ unless the command line chose other data), the checkpoint, and the output direct
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,7 @@ def eval_config(name: str, overrides: list[str], trained: TrainedBackbone | None
         raise ConfigError("choose the evaluation with the subcommand (sslkit eval knn|linear|batch-compare), "
                           "not with eval=...")
     extra = [f"eval={name.replace('-', '_')}"]
-    saved_data = trained.config.get("data") if trained is not None else None
+    saved_data: Any = trained.config.get("data") if trained is not None else None
     use_saved_data = saved_data is not None and not any(k == "data" and group for k, group in keys)
     if use_saved_data and str(saved_data.name) in group_options("data"):  # validate data.* keys against it
         extra.append(f"data={saved_data.name}")

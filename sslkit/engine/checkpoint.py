@@ -57,7 +57,7 @@ def rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors, lists and numbers (loadable with weights_only=True)."""
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": _pack_numpy(np.random.get_state()),
+        "numpy": _pack_numpy(tuple(np.random.get_state())),
         "python": _pack_python(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
