@@ -54,6 +54,9 @@ class SSLMethod(nn.Module, ABC):
       EMA and queue updates;
     * `encoder()`: the network evaluation and export use (saved under its own checkpoint key);
     * `family` and `paper`: what `sslkit methods` lists.
+
+    A method that depends on the number of training processes takes `world_size: int = 1` as a keyword
+    of its `__init__`: the app passes the World's size there (the one source; not a `method.*` key).
     """
 
     #: what `sslkit methods` lists: contrastive | distillation | redundancy reduction | clustering | ...
@@ -82,6 +85,13 @@ class SSLMethod(nn.Module, ABC):
         self.epoch = 0.0
         self._backward_fn: Callable[[Tensor], None] = Tensor.backward
         self._backward_calls = 0
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        """Bounds on the method's own parameters (`method.*` values, by keyword): a one-line
+        sslkit.errors.ConfigError for a value out of range. Called once when the config is composed
+        (sslkit.params.check_method_params; types come from the `__init__` annotations) and by a
+        subclass's `__init__` for methods built by hand. Default: nothing to check."""
 
     def build_head(self) -> nn.Sequential:
         """A fresh projection head from the `head` config group, on top of the backbone features."""

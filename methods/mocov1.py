@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from sslkit.contrastive import KeyQueue, ema_update, infonce_loss, momentum_at
 from sslkit.contrastive.momentum import SCHEDULES, frozen_copy
 from sslkit.contrastive.shuffle_bn import shuffle_ddp, shuffle_local, unshuffle_ddp, unshuffle_local
-from sslkit.devices import world_size
 from sslkit.errors import ConfigError
 from sslkit.methods.base import ContrastiveMethod, StepOutput, fp32_loss
 from sslkit.nn.split_bn import convert_split_bn
@@ -37,23 +36,13 @@ class MoCoV1(ContrastiveMethod):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float,
                  queue_size: int, momentum: float, momentum_schedule: str, symmetric: bool,
-                 symmetric_reduction: str, shuffle_bn: str, split_bn_groups: int) -> None:
+                 symmetric_reduction: str, shuffle_bn: str, split_bn_groups: int, world_size: int = 1) -> None:
         super().__init__(backbone, feature_dim, head)
-        if symmetric_reduction not in REDUCTIONS:
-            raise ConfigError(f"method.symmetric_reduction='{symmetric_reduction}' is invalid; valid: sum, mean")
-        if shuffle_bn not in SHUFFLE_BN:
-            raise ConfigError(f"method.shuffle_bn='{shuffle_bn}' is invalid; valid: {', '.join(SHUFFLE_BN)}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ConfigError(f"method.momentum must be in [0, 1], got {momentum}")
-        if queue_size <= 0:
-            raise ConfigError(f"method.queue_size must be a positive number of keys, got {queue_size}")
-        if temperature <= 0:
-            raise ConfigError(f"method.temperature must be > 0, got {temperature}")
-        if momentum_schedule not in SCHEDULES:  # else the first after_step fails, after all the set-up
-            raise ConfigError(f"method.momentum_schedule='{momentum_schedule}' is invalid; "
-                              f"valid: {', '.join(SCHEDULES)}")
+        self.check_params({"temperature": temperature, "queue_size": queue_size, "momentum": momentum,
+                           "momentum_schedule": momentum_schedule, "symmetric_reduction": symmetric_reduction,
+                           "shuffle_bn": shuffle_bn, "split_bn_groups": split_bn_groups})
         if shuffle_bn == "auto":
-            shuffle_bn = "ddp" if world_size() > 1 else ("split" if split_bn_groups > 1 else "none")
+            shuffle_bn = "ddp" if world_size > 1 else ("split" if split_bn_groups > 1 else "none")
         if shuffle_bn == "split":
             convert_split_bn(self.backbone, split_bn_groups)
         self.shuffle_bn = shuffle_bn
@@ -65,6 +54,26 @@ class MoCoV1(ContrastiveMethod):
         self.backbone_k, self.head_k = frozen_copy(self.backbone), frozen_copy(self.head)
         self.queue = KeyQueue(queue_size, int(self.head_cfg.get("out_dim", 128)))
         self._pending: list[Tensor] = []
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        """The bounds of MoCo's parameters (their types come from `__init__`'s annotations)."""
+        p = params.get
+        if p("symmetric_reduction", "sum") not in REDUCTIONS:
+            raise ConfigError(f"method.symmetric_reduction='{p('symmetric_reduction')}' is invalid; valid: sum, mean")
+        if p("shuffle_bn", "auto") not in SHUFFLE_BN:
+            raise ConfigError(f"method.shuffle_bn='{p('shuffle_bn')}' is invalid; valid: {', '.join(SHUFFLE_BN)}")
+        if not 0.0 <= p("momentum", 0.0) <= 1.0:
+            raise ConfigError(f"method.momentum must be in [0, 1], got {p('momentum')}")
+        if p("queue_size", 1) <= 0:
+            raise ConfigError(f"method.queue_size={p('queue_size')} is invalid: must be > 0 (a number of keys)")
+        if p("temperature", 1.0) <= 0:
+            raise ConfigError(f"method.temperature={p('temperature')} is invalid: must be > 0")
+        if p("split_bn_groups", 1) < 1:
+            raise ConfigError(f"method.split_bn_groups must be >= 1, got {p('split_bn_groups')}")
+        if p("momentum_schedule", "constant") not in SCHEDULES:  # else the first after_step fails, after set-up
+            raise ConfigError(f"method.momentum_schedule='{p('momentum_schedule')}' is invalid; "
+                              f"valid: {', '.join(SCHEDULES)}")
 
     def _query(self, x: Tensor) -> Tensor:
         return F.normalize(self.head(self.backbone(x)), dim=1)

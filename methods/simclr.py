@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from sslkit.contrastive.grad_cache import cached_backward
 from sslkit.contrastive.ntxent import ntxent_loss
-from sslkit.devices import gather_with_grad, rank, world_size
+from sslkit.devices import gather_with_grad, rank
 from sslkit.errors import ConfigError
 from sslkit.methods.base import ContrastiveMethod, StepOutput, fp32_loss
 from sslkit.registry import register_method
@@ -41,15 +41,22 @@ class SimCLR(ContrastiveMethod):
     paper = "Chen et al. 2020, arXiv 2002.05709"
 
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, temperature: float,
-                 gather_distributed: bool, chunk_size: int | None) -> None:
+                 gather_distributed: bool, chunk_size: int | None, world_size: int = 1) -> None:
         super().__init__(backbone, feature_dim, head)
-        if temperature <= 0:
-            raise ConfigError(f"method.temperature must be > 0, got {temperature}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ConfigError(f"method.chunk_size must be >= 1 image (or null), got {chunk_size}")
+        self.check_params({"temperature": temperature, "chunk_size": chunk_size})
+        self.world_size = world_size
         self.temperature, self.gather_distributed, self.chunk_size = temperature, gather_distributed, chunk_size
         self.custom_backward = chunk_size is not None
         self.head = self.build_head()
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        """tau > 0; chunks of at least one image (their types come from `__init__`'s annotations)."""
+        if params.get("temperature", 1.0) <= 0:
+            raise ConfigError(f"method.temperature={params.get('temperature')} is invalid: must be > 0")
+        chunk = params.get("chunk_size")
+        if chunk is not None and chunk < 1:
+            raise ConfigError(f"method.chunk_size={chunk} is invalid: must be >= 1 image (or null: no chunks)")
 
     def _embed(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
@@ -57,7 +64,7 @@ class SimCLR(ContrastiveMethod):
     def _loss(self, z: Tensor) -> Tensor:
         with fp32_loss(z) as z32:  # logits in fp32 under bf16/fp16 autocast
             z1, z2 = z32.chunk(2)
-            if self.gather_distributed and world_size() > 1:
+            if self.gather_distributed and self.world_size > 1:
                 return ntxent_loss(z1, z2, self.temperature, gather_with_grad(z1), gather_with_grad(z2),
                                    offset=rank() * z1.shape[0])
             return ntxent_loss(z1, z2, self.temperature)

@@ -95,15 +95,19 @@ def _check_keys(cfg: DictConfig, keys: list[str]) -> list[str]:
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
-# Keys whose default is null but whose value, when given, must be an integer.
+# Keys whose default is null but whose value, when given, must be an integer (a method's own keys
+# are typed by its constructor's signature: sslkit.params.check_method_params).
 NULLABLE_INTS = {"data.subset", "data.num_workers", "trainer.max_steps", "trainer.threads", "eval.train_subset",
-                 "eval.test_subset", "method.chunk_size", "eval.epochs", "head.hidden_dim"}
+                 "eval.test_subset", "eval.epochs", "head.hidden_dim"}
 
 
 def _check_types(base: DictConfig, cfg: DictConfig, prefix: str = "") -> None:
-    """A value typed on the command line must have the type of the default it replaces."""
+    """A value typed on the command line must have the type of the default it replaces (`method.*`:
+    the type its constructor declares, checked by sslkit.params)."""
     for key in base.keys():
         path = prefix + str(key)
+        if path == "method":
+            continue
         old, new = base._get_node(key), cfg._get_node(key) if key in cfg else None
         if isinstance(old, DictConfig) and isinstance(new, DictConfig):
             _check_types(old, new, path + ".")
@@ -118,7 +122,12 @@ def _check_types(base: DictConfig, cfg: DictConfig, prefix: str = "") -> None:
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), extra: list[str] | None = None) -> DictConfig:
-    """Compose `configs/config.yaml` with `overrides`, validated, and resolve interpolations."""
+    """Compose `configs/config.yaml` with `overrides`, validate it once and resolve it once: the
+    config's own `auto`s and a plug-in method's defaults filled in, interpolations resolved. The
+    result is read-only (sslkit.plan.frozen): code below the app reads it and never rewrites it."""
+    from sslkit.params import check_method_params, plugin_defaults
+    from sslkit.plan import frozen
+
     overrides = list(extra or []) + list(overrides)
     groups, keys = _rewrite(overrides)
     GlobalHydra.instance().clear()
@@ -135,14 +144,16 @@ def compose(overrides: list[str] | tuple[str, ...] = (), extra: list[str] | None
         GlobalHydra.instance().clear()
     if cfg.method.get("name") is None:
         raise ConfigError("method=custom needs method.name=<registered name or package.module:Class>")
-    from sslkit.params import check_method_params, fill_plugin_defaults
-
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
     if str(cfg.method.name) not in group_options("method"):
-        fill_plugin_defaults(cfg)
-    check_method_params(cfg)
-    check_values(cfg)
-    resolve_auto_warmup(cfg)
-    return cfg
+        data["method"] = plugin_defaults(str(cfg.method.name)) | data["method"]
+    if "warmup_epochs" in data.get("optim", {}):
+        data["optim"]["warmup_epochs"] = auto_warmup(cfg)
+    resolved = frozen(data)
+    check_method_params(resolved)
+    check_values(resolved)
+    return resolved
 
 
 #: `optim.warmup_epochs: auto` (configs/optim/sgd.yaml): half an epoch of linear warm-up (capped, as
@@ -153,20 +164,21 @@ SMALL_IMAGE_SIDE = 64
 SMALL_IMAGE_WARMUP_EPOCHS = 0.5
 
 
-def resolve_auto_warmup(cfg: DictConfig) -> None:
-    """Replace `optim.warmup_epochs=auto` by its number of epochs, so config.yaml records it."""
+def auto_warmup(cfg: DictConfig) -> float | int | None:
+    """`optim.warmup_epochs` as epochs (`auto` resolved), so config.yaml records the number."""
     value = OmegaConf.select(cfg, "optim.warmup_epochs", default=None)
     if value is None or isinstance(value, int | float) and not isinstance(value, bool):
         if value is not None and value < 0:
             raise _bad("optim.warmup_epochs", value, "must be >= 0 (or auto)")
-        return
+        return value
     if value != "auto":
         raise _bad("optim.warmup_epochs", value, "expected a number of epochs, or auto")
     side = OmegaConf.select(cfg, "data.image_size", default=None)
     small = side is not None and int(side) <= SMALL_IMAGE_SIDE
-    OmegaConf.update(cfg, "optim.warmup_epochs", SMALL_IMAGE_WARMUP_EPOCHS if small else 0.0)
+    return SMALL_IMAGE_WARMUP_EPOCHS if small else 0.0
 
 
+#: every `trainer.precision` (sslkit.engine.hardware resolves "auto")
 PRECISIONS = ("auto", "32", "bf16", "fp16")
 PROGRESS = ("auto", "bar", "lines", "none")
 
@@ -196,7 +208,7 @@ def check_values(cfg: DictConfig) -> None:
             raise _bad("trainer.precision", get("trainer.precision"), f"valid: {', '.join(PRECISIONS)}")
         if get("trainer.progress") is not None and str(get("trainer.progress")) not in PROGRESS:
             raise _bad("trainer.progress", get("trainer.progress"), f"valid: {', '.join(PROGRESS)}")
-    positive = ("optim.lr", "eval.temperature", "method.queue_size", "method.temperature", "data.batch_size")
+    positive = ("optim.lr", "eval.temperature", "data.batch_size")  # a method checks its own (check_params)
     for key in positive:
         value = get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
@@ -236,13 +248,6 @@ def warn_unused(command: str, overrides: list[str]) -> None:
 def to_yaml(cfg: DictConfig) -> str:
     """The fully resolved config as YAML."""
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def load_yaml(path: Path) -> DictConfig:
-    """A config saved by `to_yaml`."""
-    cfg = OmegaConf.load(path)
-    assert isinstance(cfg, DictConfig)
-    return cfg
 
 
 def as_dict(node: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,14 +20,21 @@ def check_form(overrides: Sequence[str]) -> None:
 
 
 def parse(overrides: Sequence[str]) -> list[Override]:
-    """Hydra's parse of `overrides`, or a one-line ConfigError."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """Hydra's parse of `overrides`, or a one-line ConfigError. Each text goes through Hydra's parser
+    once per process: the commands ask about the same overrides several times (group choices, keys)."""
     from hydra.errors import HydraException
 
     try:
-        return OverridesParser.create().parse_overrides(list(overrides))
+        return [_parse_one(o) for o in overrides]
     except HydraException as exc:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {str(exc).splitlines()[0]}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_one(text: str) -> Override:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([text])[0]
 
 
 def keys(overrides: Sequence[str]) -> list[tuple[str, bool]]:

@@ -8,6 +8,8 @@ them without defaults. A plug-in declares its defaults in its `__init__` signatu
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from sslkit.errors import ConfigError, closest
 from sslkit.methods.base import ContrastiveMethod, SSLMethod
 from sslkit.registry import resolve_method
 
-BUILT_IN_ARGS = ("self", "backbone", "feature_dim", "head")
+#: constructor arguments that are not `method.*` keys: the parts, and the world size the app passes
+BUILT_IN_ARGS = ("self", "backbone", "feature_dim", "head", "world_size")
 
 
 def method_params(cls: type[SSLMethod]) -> dict[str, inspect.Parameter]:
@@ -52,21 +55,55 @@ def declared_defaults(cls: type[SSLMethod]) -> dict[str, Any]:
     return {n: p.default for n, p in method_params(cls).items() if p.default is not p.empty}
 
 
-def fill_plugin_defaults(cfg: DictConfig) -> None:
-    """Give a plug-in method's config its declared defaults for the keys the command line left out
-    (built-ins need none: their YAML holds every default)."""
-    name = str(cfg.method.name)
-    OmegaConf.set_struct(cfg, False)
-    for key, value in declared_defaults(resolve_method(name)).items():
-        if key not in cfg.method:
-            cfg.method[key] = value
+def plugin_defaults(name: str) -> dict[str, Any]:
+    """A plug-in method's declared defaults, for the `method.*` keys the command line leaves out
+    (built-ins need none: their YAML holds every default). compose merges them before it freezes."""
+    return declared_defaults(resolve_method(name))
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _kinds(hint: Any) -> tuple[list[type], bool] | None:
+    """The plain kinds (bool, int, float, str) a parameter annotation allows and whether None is
+    allowed; None when the annotation is anything else (then it is not checked)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    nullable = type(None) in args
+    kinds = [a for a in args if a in _KINDS]
+    if len(kinds) + nullable != len(args) or not kinds:
+        return None
+    return kinds, nullable
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _hints(cls: type[SSLMethod]) -> dict[str, Any]:
+    """The evaluated annotations of the constructors that `method_params` reads."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass) and issubclass(klass, SSLMethod):
+            try:
+                hints |= typing.get_type_hints(vars(klass)["__init__"])
+            except Exception:  # an annotation that does not evaluate: that class's keys go unchecked
+                continue
+    return hints
 
 
 def check_method_params(cfg: DictConfig) -> None:
-    """Every `method.*` key must be a parameter of the method's constructor, and every parameter
-    without a default must be given (one-line errors)."""
+    """Every `method.*` key must be a parameter of the method's constructor, of the type its
+    annotation declares, within the method's own bounds (`check_params`), and every parameter
+    without a default must be given (one-line errors). Called once, by compose."""
     name = str(cfg.method.name)
-    params = method_params(resolve_method(name))
+    cls = resolve_method(name)
+    params = method_params(cls)
     listed = ", ".join(f"method.{v}" for v in params) or "none"
     for key in cfg.method.keys():
         if key == "name" or key in params:
@@ -77,5 +114,14 @@ def check_method_params(cfg: DictConfig) -> None:
     missing = [f"method.{n}" for n, p in params.items() if p.default is p.empty and n not in cfg.method]
     if missing:
         raise ConfigError(f"method '{name}' needs {', '.join(missing)} (no default is declared for it)")
-
-
+    hints = _hints(cls)
+    values = {str(k): v for k, v in cfg.method.items() if k != "name"}
+    for key, value in values.items():
+        allowed = _kinds(hints.get(key))
+        if allowed is None:
+            continue
+        kinds, nullable = allowed
+        if not (value is None and nullable) and not any(_fits(value, k) for k in kinds):
+            need = " or ".join(_KINDS[k] for k in kinds) + (" (or null)" if nullable else "")
+            raise ConfigError(f"method.{key}={value!r} is invalid: expected {need}")
+    cls.check_params(values)

@@ -19,7 +19,7 @@ LAYERS = (
     ("app", ("sslkit.app", "sslkit.__main__")),
     ("evaluation", ("sslkit.evaluation",)),
     ("engine", ("sslkit.engine",)),
-    ("config", ("sslkit.config", "sslkit.build", "sslkit.params", "sslkit.overrides")),
+    ("config", ("sslkit.config", "sslkit.build", "sslkit.params", "sslkit.overrides", "sslkit.plan")),
     ("methods", ("sslkit.methods", "sslkit.registry")),
     ("parts", ("sslkit.nn", "sslkit.contrastive", "sslkit.losses", "sslkit.augment", "sslkit.data")),
     ("bottom", ("sslkit", "sslkit.errors", "sslkit.devices", "sslkit.files")),

@@ -4,6 +4,7 @@ unless the command line chose other data), the checkpoint, and the output direct
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -14,34 +15,33 @@ from sslkit.engine import checkpoint as ckpt_io
 from sslkit.engine.outputs import timestamped, writable_dir
 from sslkit.errors import CheckpointError, ConfigError
 from sslkit.evaluation.context import EvalContext, TrainedBackbone, load_trained
+from sslkit.plan import replaced
 
 
 def eval_config(name: str, overrides: list[str], trained: TrainedBackbone | None) -> DictConfig:
     """Compose with `eval=<name>`; without a `data=` override the checkpoint's data config is used,
-    with the command line's `data.*` keys re-applied on top."""
-    if ov.chooses(overrides, "eval"):
+    with the command line's `data.*` keys re-applied on top. Read-only, as every composed config."""
+    keys = ov.keys(overrides)  # the one parse of the command line here (compose reuses it)
+    if any(k == "eval" and group for k, group in keys):
         raise ConfigError("choose the evaluation with the subcommand (sslkit eval knn|linear|batch-compare), "
                           "not with eval=...")
-    keys = ov.keys(overrides)
     extra = [f"eval={name.replace('-', '_')}"]
-    chose_data = ov.chooses(overrides, "data")
-    if trained is not None and not chose_data and trained.config.get("data") is not None:
-        trained_data = str(trained.config.data.name)
-        if trained_data in group_options("data"):  # validate data.* keys against the right group
-            extra.append(f"data={trained_data}")
+    saved_data: Any = trained.config.get("data") if trained is not None else None
+    use_saved_data = saved_data is not None and not any(k == "data" and group for k, group in keys)
+    if use_saved_data and str(saved_data.name) in group_options("data"):  # validate data.* keys against it
+        extra.append(f"data={saved_data.name}")
     cfg = compose(overrides, extra=extra)
-    if trained is not None and not chose_data and trained.config.get("data") is not None:
-        data = OmegaConf.create(as_dict(trained.config.data))
+    if trained is None:
+        return cfg
+    _check_backbone(keys, cfg, trained)
+    values: dict[str, object] = {"backbone": as_dict(trained.config.backbone)}
+    if use_saved_data:
+        data = OmegaConf.create(as_dict(saved_data))
         for key, _ in keys:
             if key.startswith("data."):
                 OmegaConf.update(data, key[len("data."):], OmegaConf.select(cfg, key), force_add=True)
-        OmegaConf.set_struct(cfg, False)
-        cfg.data = data
-    if trained is not None:
-        _check_backbone(keys, cfg, trained)
-        OmegaConf.set_struct(cfg, False)
-        cfg.backbone = trained.config.backbone
-    return cfg
+        values["data"] = as_dict(data)
+    return replaced(cfg, values)
 
 
 def _check_backbone(keys: list[tuple[str, bool]], cfg: DictConfig, trained: TrainedBackbone) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,8 @@ def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
     ctx = load_context(name, list(overrides))
     split = apply_cpu_split(ctx.device, decodes_images(str(ctx.data["name"])),
                             ctx.cfg.trainer.get("threads"), ctx.data.get("num_workers"))
-    ctx.data["num_workers"] = split.workers  # feature extraction and the linear probe's loader
+    # feature extraction and the linear probe's loader: the resolved count, in a new context
+    ctx = replace(ctx, data=ctx.data | {"num_workers": split.workers})
     result = _runner(name)(ctx)
     result["seconds"] = round(time.perf_counter() - start, 3)
     path = ctx.out_dir / result_name(name, ctx.cfg)

@@ -10,48 +10,61 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sslkit.config import GROUPS, check_values, compose, leaf_keys, warn_unused
+from sslkit.data.loader import check_batch
 from sslkit.engine import checkpoint as ckpt
-from sslkit.engine.outputs import claim_run_dir
 from sslkit.errors import ConfigError, closest
-from sslkit.overrides import check_form, last_value
+from sslkit.overrides import last_value
+from sslkit.plan import frozen, without_plan
+
+#: set by the launching process for torchrun's workers: the run directory it claimed for them
+CLAIMED_RUN_DIR = "SSLKIT_CLAIMED_RUN_DIR"
 
 
 def train_command(overrides: list[str]) -> int:
-    """Train with `overrides`; the exit code. batch-compare's child processes call this too."""
-    check_form(overrides)
+    """Train with `overrides`; the exit code. batch-compare's child processes call this too (the CLI
+    checked the form of a user's overrides once, before; a child's are written by sslkit).
+
+    The launching process (not a torchrun worker) composes, checks and claims the run directory
+    once; torchrun's workers are told the directory and claim nothing."""
     resume = last_value(overrides, "trainer.resume")
     cfg, saved = resume_config(resume, overrides) if resume else (compose(overrides), None)
     devices = int(cfg.trainer.devices)
+    claimed = os.environ.get(CLAIMED_RUN_DIR)
+    run_dir = Path(claimed) if claimed and saved is None else None
     if "WORLD_SIZE" not in os.environ:  # checks that must not wait for torchrun's workers
         warn_unused("train", overrides)
-        check_launch(cfg, devices, resumed=saved is not None)
-    if devices > 1 and "WORLD_SIZE" not in os.environ:
-        from sslkit.engine.distributed import launch_torchrun
+        check_launch(cfg, devices)
+        if saved is None:
+            from sslkit.app.train import claim_new_run
 
-        return launch_torchrun(devices, ["train", *overrides])
+            run_dir = claim_new_run(cfg)
+        if devices > 1:
+            from sslkit.engine.distributed import launch_torchrun
+
+            out = [f"out={run_dir}"] if run_dir is not None else []
+            env = {CLAIMED_RUN_DIR: str(run_dir)} if run_dir is not None else {}
+            return launch_torchrun(devices, ["train", *overrides, *out], env)
     from sslkit.app.train import train
 
-    train(cfg, saved)
+    train(cfg, saved, run_dir)
     return 0
 
 
-def check_launch(cfg: DictConfig, devices: int, resumed: bool) -> None:
-    """Device, batch and out= checks, before torchrun starts any worker."""
+def check_launch(cfg: DictConfig, devices: int) -> None:
+    """Device and batch checks, before torchrun starts any worker."""
     spec = str(cfg.device)
     if devices > 1 and spec.startswith("cuda:"):
         raise ConfigError(f"device={spec} puts all {devices} processes on one GPU; with trainer.devices={devices} "
                           "use device=auto or device=cuda (rank i uses GPU i)")
-    batch = int(cfg.data.batch_size)
-    if devices > 1 and batch % devices:
-        raise ConfigError(f"data.batch_size={batch} must be divisible by trainer.devices={devices}")
-    if cfg.out and not resumed:
-        claim_run_dir(Path(str(cfg.out)), bool(cfg.trainer.get("overwrite", False)))
+    if devices > 1:
+        check_batch(int(cfg.data.batch_size), devices, "trainer.devices")
 
 
 def resume_config(resume: str, overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
-    """The checkpoint's own config with this command's key=value overrides applied on top, and the checkpoint."""
+    """The checkpoint's own config (its plan's config) with this command's key=value overrides
+    applied on top, checked and frozen; and the checkpoint."""
     saved, run_dir = ckpt.load_run(resume)
-    cfg = ckpt.config_of(saved)
+    cfg = without_plan(ckpt.config_of(saved))
     valid = set(leaf_keys(cfg))
     for o in overrides:
         key, _, value = o.partition("=")
@@ -64,4 +77,4 @@ def resume_config(resume: str, overrides: list[str]) -> tuple[DictConfig, dict[s
     cfg.out = str(run_dir)
     cfg.trainer.resume = str(resume)
     check_values(cfg)
-    return cfg, saved
+    return frozen(cfg), saved

@@ -6,7 +6,6 @@ import copy
 import random
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from sslkit.app.export import export_backbone
 from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_transform, resolve_backend
 from sslkit.augment.views import BatchedViews, PerImageViews, views_from_config
 from sslkit.build import build_method
-from sslkit.config import as_dict, to_yaml
+from sslkit.config import as_dict
 from sslkit.data import bad_count, build_dataset
 from sslkit.data.loader import steps_per_epoch, train_loader
 from sslkit.devices import World
@@ -38,6 +37,7 @@ from sslkit.engine.state import TrainState, restore
 from sslkit.errors import ConfigError
 from sslkit.files import tensor_bytes
 from sslkit.methods.base import SSLMethod
+from sslkit.plan import RunPlan, make_plan
 
 
 def seed_everything(seed: int) -> None:
@@ -46,14 +46,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def claim_new_run(cfg: DictConfig) -> Path:
+    """The directory of a new run, claimed (the one call of claim_run_dir on the train path):
+    `out=`, else runs/<time>_<method>_<backbone>."""
+    path = Path(str(cfg.out)) if cfg.out else default_run_dir(str(cfg.method.name), as_dict(cfg.backbone))
+    return claim_run_dir(path, bool(cfg.trainer.get("overwrite", False)))
+
+
 def new_run_dir(cfg: DictConfig, world: World) -> Path:
-    """`out=` or runs/<time>_<method>_<backbone>; the same path on every rank."""
-    if cfg.out:
-        path = Path(str(cfg.out))
-        if world.is_main:
-            claim_run_dir(path, bool(cfg.trainer.get("overwrite", False)))
-    else:
-        path = default_run_dir(str(cfg.method.name), as_dict(cfg.backbone))
+    """A new run's directory when the caller has not claimed one (a direct `train(cfg)`, a user's
+    own torchrun): rank 0 claims it; the same path on every rank."""
+    path = claim_new_run(cfg) if world.is_main else Path()
     if world.size > 1:
         holder = [str(path)]
         dist.broadcast_object_list(holder, src=0)
@@ -103,11 +106,12 @@ def _plot_callback(run_dir: Path, world: World) -> Callable[[], None]:
     return training_plot_callback(run_dir) if world.is_main else lambda: None
 
 
-def train(cfg: DictConfig, resume_from: dict[str, Any] | None = None) -> Path:
-    """Train `cfg.method`; return the run directory. `resume_from` is a loaded checkpoint."""
+def train(cfg: DictConfig, resume_from: dict[str, Any] | None = None, run_dir: Path | None = None) -> Path:
+    """Train `cfg.method` (a composed, read-only config); return the run directory. `resume_from` is a
+    loaded checkpoint; `run_dir` a new run's directory already claimed (sslkit.app.launch)."""
     world = init_world(str(cfg.device))
     try:
-        return _train(cfg, world, resume_from)
+        return _train(cfg, world, resume_from, run_dir)
     finally:
         shutdown()
 
@@ -115,9 +119,10 @@ def train(cfg: DictConfig, resume_from: dict[str, Any] | None = None) -> Path:
 def _method_on_device(cfg: DictConfig, world: World, dataset: Any) -> tuple[SSLMethod, Any, MakeViews,
                                                                              Machine]:
     """The method (on its device, SyncBN and channels_last applied), the dataset, its views and the machine fit."""
-    method = build_method(cfg)
+    method = build_method(cfg, world.size)
     dataset, make_views = _views_maker(cfg, dataset, method, world.device)
-    machine = fit_to_machine(cfg, world.device, method.encoder(), not getattr(dataset, "in_memory", False))
+    machine = fit_to_machine(cfg, world.device, method.encoder(), not getattr(dataset, "in_memory", False),
+                             world_size=world.size)
     if cfg.trainer.sync_bn and world.size > 1:
         if world.device.type != "cuda":
             raise ConfigError("trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
@@ -129,17 +134,27 @@ def _method_on_device(cfg: DictConfig, world: World, dataset: Any) -> tuple[SSLM
     return method, dataset, make_views, machine
 
 
-def _settings(cfg: DictConfig, spe: int, machine: Machine) -> LoopSettings:
+def planned_steps(cfg: DictConfig, spe: int) -> int:
+    """The run's total steps from trainer.epochs and trainer.max_steps (before any time budget)."""
     total = spe * int(cfg.trainer.epochs)
     if cfg.trainer.max_steps is not None:
         total = min(total, int(cfg.trainer.max_steps))
     if total <= 0:
         raise ConfigError(f"nothing to train: trainer.epochs={cfg.trainer.epochs}, "
                           f"trainer.max_steps={cfg.trainer.max_steps}")
-    return LoopSettings(epochs=int(cfg.trainer.epochs), total_steps=total, steps_per_epoch=spe,
-                        log_every=int(cfg.trainer.log_every_steps),
-                        checkpoint_every=int(cfg.trainer.checkpoint_every_steps),
-                        precision=machine.precision, channels_last=machine.channels_last)
+    return total
+
+
+def _settings(cfg: DictConfig, spe: int, total: int, precision: str, channels_last: bool) -> LoopSettings:
+    t = cfg.trainer
+    return LoopSettings(epochs=int(t.epochs), total_steps=total, steps_per_epoch=spe,
+                        log_every=int(t.log_every_steps), checkpoint_every=int(t.checkpoint_every_steps),
+                        precision=precision, channels_last=channels_last)
+
+
+def loop_settings(plan: RunPlan) -> LoopSettings:
+    """What the loop reads of the plan."""
+    return _settings(plan.config, plan.steps_per_epoch, plan.total_steps, plan.precision, plan.channels_last)
 
 
 def _trial(cfg: DictConfig, method: SSLMethod, loader: DataLoader, make_views: MakeViews, world: World,
@@ -151,62 +166,68 @@ def _trial(cfg: DictConfig, method: SSLMethod, loader: DataLoader, make_views: M
     return FitInputs(trial, loader, make_views, optimizer, scheduler, world, settings, Path(), NullLogger(), scaler)
 
 
-def _fit_budget(cfg: DictConfig, trial: FitInputs, began: float, minutes: float) -> tuple[LoopSettings, str]:
-    """Settings whose total steps end within `trainer.time_budget`, and a note for the first line."""
+def _fit_budget(trial: FitInputs, began: float, minutes: float) -> tuple[int, str]:
+    """The total steps that end within `trainer.time_budget`, and a note for the first line (the plan
+    records the total as trainer.max_steps, so config.yaml, the checkpoints and a resume keep it)."""
     step_s = time_budget.seconds_per_step(trial)
     settings, world = trial.settings, trial.world
     planned = [time_budget.steps_within(minutes * 60, time_budget.clock() - began, step_s)]
     if world.size > 1:  # every rank runs rank 0's plan
         dist.broadcast_object_list(planned, src=0)
     total = min(settings.total_steps, int(planned[0]))
-    OmegaConf.update(cfg, "trainer.max_steps", total)  # recorded in config.yaml and the checkpoint
-    return replace(settings, total_steps=total), f" (trainer.time_budget={minutes:g} min at {step_s:.3g} s/step)"
+    return total, f" (trainer.time_budget={minutes:g} min at {step_s:.3g} s/step)"
 
 
-def _prepare_run_dir(cfg: DictConfig, world: World, run_dir: Path, resumed: TrainState | None,
+def _prepare_run_dir(plan: RunPlan, world: World, run_dir: Path, state: TrainState, resumed: bool,
                      method: SSLMethod) -> None:
-    """Write config.yaml into `run_dir` (after a free-space check) and seed each rank's augmentations."""
-    if resumed is None:
-        seed_everything(int(cfg.seed) + 1000 * world.rank + 1)  # different augmentations per rank
-    elif world.rank > 0:  # the checkpoint holds rank 0's RNG state; keep the ranks' augmentations apart
-        seed_everything(int(cfg.seed) + 1000 * world.rank + 1 + resumed.step)
+    """Write config.yaml (the plan) into `run_dir` (after a free-space check) and seed each rank's
+    augmentations: a resumed rank 0 keeps the checkpoint's RNG state, the other ranks step apart."""
+    if not (resumed and world.is_main):
+        seed_everything(int(plan.config.seed) + 1000 * world.rank + 1 + state.step)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.check_free_space(run_dir, checkpoint_bytes(method))
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        (run_dir / "config.yaml").write_text(plan.to_yaml())
 
 
-def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) -> Path:
+def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None, claimed: Path | None) -> Path:
     began = time_budget.clock()
-    minutes = time_budget.budget_minutes(cfg.trainer.get("time_budget"))
+    resumed = resume_from is not None  # the one decision; a resume keeps its total and its run dir
     seed_everything(int(cfg.seed))  # the same initial weights and queue on every rank
-    dataset = build_dataset(cfg.data, "pretrain")
+    dataset = build_dataset(cfg.data, "pretrain", allow_import=not resumed)  # a checkpoint's config names no code
     method, dataset, make_views, machine = _method_on_device(cfg, world, dataset)
-    batch = int(cfg.data.batch_size)
+    batch, drop_last = int(cfg.data.batch_size), bool(cfg.data.get("drop_last", True))
     loader = train_loader(dataset, batch, world=world.size, rank=world.rank, seed=int(cfg.seed),
-                          num_workers=machine.workers)
-    settings = _settings(cfg, steps_per_epoch(len(dataset), batch, world.size), machine)
+                          num_workers=machine.workers, drop_last=drop_last)
+    spe = steps_per_epoch(len(dataset), batch, world.size, drop_last)
+    total, budget_note = planned_steps(cfg, spe), ""
     scaler = torch.amp.GradScaler("cuda") if machine.precision == "fp16" and world.device.type == "cuda" else None
-    optimizer = build_optimizer(method, cfg.optim, batch, method.param_rules())
-    budget_note = ""
-    # claimed before the budget is timed: a refused out= costs no timed steps
-    run_dir = new_run_dir(cfg, world) if resume_from is None else Path(str(cfg.out))
-    if minutes is not None and resume_from is None:  # a resume keeps the total in its config
-        trial = _trial(cfg, method, loader, make_views, world, settings, scaler)
-        settings, budget_note = _fit_budget(cfg, trial, began, minutes)
-    scheduler = build_scheduler(optimizer, cfg.optim, settings.total_steps, settings.steps_per_epoch)
+    minutes = None if resumed else time_budget.budget_minutes(cfg.trainer.get("time_budget"))
+    if resumed:
+        run_dir = Path(str(cfg.out))
+    else:  # claimed before the budget is timed: a refused out= costs no timed steps
+        run_dir = claimed if claimed is not None else new_run_dir(cfg, world)
+        if minutes is not None:
+            settings = _settings(cfg, spe, total, machine.precision, machine.channels_last)
+            total, budget_note = _fit_budget(_trial(cfg, method, loader, make_views, world, settings, scaler),
+                                             began, minutes)
+    plan = make_plan(cfg, precision=machine.precision, channels_last=machine.channels_last, threads=machine.threads,
+                     workers=machine.workers, steps_per_epoch=spe, total_steps=total, time_budget=minutes)
+    settings = loop_settings(plan)
+    optimizer = build_optimizer(method, plan.config.optim, batch, method.param_rules())
+    scheduler = build_scheduler(optimizer, plan.config.optim, settings.total_steps, settings.steps_per_epoch)
     state = restore(resume_from, method, optimizer, scheduler, scaler) if resume_from is not None else TrainState()
-    _prepare_run_dir(cfg, world, run_dir, state if resume_from is not None else None, method)
-    logger = (RunLogger(run_dir, settings.total_steps, state.step, str(cfg.trainer.progress)) if world.is_main
+    _prepare_run_dir(plan, world, run_dir, state, resumed, method)
+    logger = (RunLogger(run_dir, settings.total_steps, state.step, str(plan.config.trainer.progress)) if world.is_main
               else NullLogger())
-    logger.message(f"sslkit: {cfg.method.name} on {cfg.data.name} ({len(dataset)} images), {world.size} x "
+    logger.message(f"sslkit: {plan.method} on {plan.config.data.name} ({len(dataset)} images), {world.size} x "
                    f"{world.device.type}, batch {batch}, {settings.total_steps} steps{budget_note}, "
                    f"{machine.describe()}, run dir {run_dir}")
     if machine.warning:
         logger.message(machine.warning)
     start, start_step = time.time(), state.step
     inputs = FitInputs(method, loader, make_views, optimizer, scheduler, world, settings, run_dir, logger, scaler,
-                       {"config": to_yaml(cfg)}, _monitor_hooks(cfg, world), _plot_callback(run_dir, world))
+                       {"config": plan.to_yaml()}, _monitor_hooks(plan.config, world), _plot_callback(run_dir, world))
     try:
         state = fit(inputs, state)
     finally:

@@ -40,11 +40,6 @@ class KeyQueue(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
-    def fill(self) -> float:
-        """The fraction of the queue that holds real keys: it reaches 1 after K/B pushes of B keys."""
-        return int(self.filled) / self.size
-
-    @property
     def size(self) -> int:
         return self.keys.shape[0]
 

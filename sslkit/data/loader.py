@@ -37,19 +37,30 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
-def steps_per_epoch(n_images: int, global_batch: int, world: int) -> int:
-    """Optimizer steps per epoch with drop_last on every rank."""
-    return (n_images // world) // (global_batch // world)
+def steps_per_epoch(n_images: int, global_batch: int, world: int, drop_last: bool = True) -> int:
+    """Optimizer steps per epoch: each rank's equal share of the images (torch's DistributedSampler
+    with drop_last) in batches of `global_batch // world`; with `drop_last` (data.drop_last) a
+    partial last batch is dropped, without it the last step trains on fewer images."""
+    share, batch = n_images // world, global_batch // world
+    return share // batch if drop_last else -(-share // batch)
+
+
+def check_batch(global_batch: int, world: int, what: str = "") -> None:
+    """The global batch must be positive and split evenly over `world` processes (one place for the check:
+    `sslkit train` runs it before torchrun starts, the loader for every other caller)."""
+    if global_batch <= 0:
+        raise DataError(f"data.batch_size must be positive, got {global_batch}")
+    if global_batch % world:
+        by = f"{what}={world}" if what else f"the {world} processes"
+        raise DataError(f"data.batch_size={global_batch} must be divisible by {by}")
 
 
 def train_loader(dataset: Dataset, global_batch: int, *, world: int = 1, rank: int = 0, seed: int = 0,
                  num_workers: int = 0, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
-    """A loader of per-rank batches of `global_batch // world` images."""
+    """A loader of per-rank batches of `global_batch // world` images; `drop_last` (data.drop_last):
+    whether a partial last batch of an epoch is dropped."""
     n = num_images(dataset)
-    if global_batch <= 0:
-        raise DataError(f"data.batch_size must be positive, got {global_batch}")
-    if global_batch % world:
-        raise DataError(f"data.batch_size={global_batch} must be divisible by the {world} processes")
+    check_batch(global_batch, world)
     if global_batch > n:
         raise DataError(f"data.batch_size={global_batch} is larger than the {n} training images; "
                         f"use data.batch_size<={n} or more data (data.subset)")

@@ -1,1 +1,1 @@
-"""The training engine: a plain PyTorch loop that drives any ContrastiveMethod."""
+"""The training engine: a plain PyTorch loop that drives any SSLMethod (ContrastiveMethod is one)."""

@@ -40,15 +40,25 @@ def check_free_space(directory: Path, needed: int) -> None:
                               f"{free} are free; free some space or choose another out=")
 
 
+def _pack_numpy(state: tuple[Any, ...]) -> dict[str, Any]:
+    """numpy's legacy RNG state tuple as a tensor, a string and numbers (no pickled arrays)."""
+    kind, keys, pos, has_gauss, gauss = state
+    return {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _pack_python(state: tuple[Any, ...]) -> dict[str, Any]:
+    """`random.getstate()` as numbers and a list."""
+    version, py_state, py_gauss = state
+    return {"version": int(version), "state": [int(v) for v in py_state], "gauss": py_gauss}
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors, lists and numbers (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": int(version), "state": list(py_state), "gauss": py_gauss},
+        "numpy": _pack_numpy(tuple(np.random.get_state())),
+        "python": _pack_python(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -102,9 +112,13 @@ def _read(file: Path) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load an sslkit checkpoint on the CPU, safely. A run directory whose last.pt is missing,
+    """Load an sslkit checkpoint (a run directory or a file) on the CPU, safely."""
+    return load_file(resolve(path))
+
+
+def load_file(file: Path) -> dict[str, Any]:
+    """Load the checkpoint file `resolve` found. A run directory whose last.pt is missing,
     truncated or unreadable falls back to its prev.pt with a one-line notice on stderr."""
-    file = resolve(path)
     prev = file.parent / PREV.name
     if file.name == LAST.name and file.parent.name == LAST.parent.name and prev.is_file():
         try:
@@ -138,11 +152,7 @@ def upgrade(file: Path, out: Path) -> int:
     if version == VERSION:
         return version
     rng = old.get("rng", {})
-    kind, keys, pos, has_gauss, gauss = rng["numpy"]
-    py_version, py_state, py_gauss = rng["python"]
-    rng["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                    "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
-    rng["python"] = {"version": int(py_version), "state": [int(v) for v in py_state], "gauss": py_gauss}
+    rng["numpy"], rng["python"] = _pack_numpy(rng["numpy"]), _pack_python(rng["python"])
     if not isinstance(old.get("config"), str):
         old["config"] = OmegaConf.to_yaml(OmegaConf.create(old["config"]))
     old["rng"], old["version"] = rng, VERSION
@@ -162,4 +172,4 @@ def config_of(checkpoint: dict[str, Any]) -> DictConfig:
 def load_run(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
     """A checkpoint (from a run directory or a file) and its run directory."""
     file = resolve(path)
-    return load(file), run_dir_of(file)
+    return load_file(file), run_dir_of(file)

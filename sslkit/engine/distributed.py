@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from sslkit.devices import World, pick_device
+from sslkit.engine.hardware import cores_per_process
 from sslkit.errors import ConfigError
 
 
@@ -37,16 +38,7 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def default_threads(nproc: int) -> int:
-    """CPU threads per process when `nproc` processes share this machine's usable cores."""
-    try:
-        cores = len(os.sched_getaffinity(0))  # respects taskset and cpusets, unlike os.cpu_count
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // nproc)
-
-
-def launch_torchrun(nproc: int, argv: list[str]) -> int:
+def launch_torchrun(nproc: int, argv: list[str], extra_env: dict[str, str] | None = None) -> int:
     """Re-run this command under `torchrun --standalone --nproc_per_node=nproc` and wait for it.
 
     torchrun is started as `python -m torch.distributed.run` with this interpreter, so the workers
@@ -55,9 +47,9 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "sslkit", *argv]
     env = dict(os.environ,
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(default_threads(nproc))),
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(cores_per_process(nproc))),
                # torchrun passes these on to every worker once; the workers stop at an agreed step
-               TORCHELASTIC_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+               TORCHELASTIC_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", **(extra_env or {}))
     # torchrun runs in its own session, so a terminal's Ctrl-C reaches it once, through us, not twice
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     forward = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)

@@ -10,6 +10,9 @@ DataLoader workers never exceed the cores this process may use (`os.sched_getaff
 Every decision can be forced: `SSLKIT_CPU_BF16=native|none` makes this process decide as on a CPU with
 or without native BF16 (tests run both kinds of machine's paths on either), and each `trainer.*` value
 given explicitly wins over `auto`. Measured ratios: docs/benchmarks.md.
+
+It reads the resolved config and returns what it decided (`Machine`); it writes nothing into the
+config: the app freezes the decisions into the run plan (sslkit.plan).
 """
 
 from __future__ import annotations
@@ -23,15 +26,14 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from sslkit.devices import world_size
+from sslkit.config import PRECISIONS
 from sslkit.errors import ConfigError
 
-PRECISIONS = ("auto", "32", "bf16", "fp16")
-# bf16 autocast without native BF16, measured on an AMD EPYC (AVX2): ResNet-18 forward+backward at
-# 32 px ran 9-50x slower than fp32 (issue 8; benchmarks/bench_cpu_precision.py).
+# bf16 autocast without native BF16 (AVX2 CPUs): the measured slowdown is in docs/benchmarks.md
+# (benchmarks/bench_cpu_precision.py); this is the warning's wording of it.
 EMULATED_BF16_SLOWDOWN = "about 10-50x slower than fp32"
 
 
@@ -193,6 +195,12 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cores_per_process(nproc: int) -> int:
+    """The usable cores each of `nproc` processes on this machine gets (torchrun's OMP_NUM_THREADS,
+    and the cores a rank splits between threads and workers)."""
+    return max(1, usable_cores() // max(1, int(nproc)))
+
+
 def env_threads() -> int | None:
     """OMP_NUM_THREADS when the user set it (a thread count chosen outside sslkit), else None."""
     value = os.environ.get("OMP_NUM_THREADS", "")
@@ -211,9 +219,8 @@ def cpu_split(cores: int, wants_workers: bool, threads: int | None = None, worke
     Explicit `threads` (trainer.threads, else OMP_NUM_THREADS) and `workers` (data.num_workers) win.
     Otherwise a loader that decodes images (`wants_workers`) gets half the cores as workers when there
     are more than two, and the main process keeps the rest for the model. On one or two cores the main
-    process decodes and every core runs the model: on 2 cores that measured 1.12x (32 px) to 1.6x (96 px)
-    the 1 worker + 1 thread split in training and 1.6x in feature extraction at 224 px
-    (benchmarks/bench_train_split.py, bench_threads.py). In-memory data needs no workers.
+    process decodes and every core runs the model, which measured faster than one worker + one thread
+    (docs/benchmarks.md: benchmarks/bench_train_split.py, bench_threads.py). In-memory data needs no workers.
     """
     cores = max(1, int(cores))
     if workers is None:
@@ -272,26 +279,27 @@ PROBE_MIN_STEPS = 50  # runs shorter than this keep NCHW on a CPU without timing
 
 def _probe_batch(image_size: int, batch: int) -> int:
     """The run's own per-process batch, capped at 256 images of 32 px (fewer for larger images), so the
-    probe costs a few steps at most. The faster format depends on the batch: with split BN, 32 images
-    timed NHWC 0.91x NCHW where the run's 256 ran 1.08-1.25x (benchmarks/bench_probe_batch.py)."""
+    probe costs a few steps at most. The faster format depends on the batch (docs/benchmarks.md,
+    benchmarks/bench_probe_batch.py), so the probe times the run's own batch."""
     return max(2, min(int(batch), int(256 * (32 / max(1, image_size)) ** 2)))
 
 
 def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wants_workers: bool,
-                   probe: Callable[[], bool] | None = None, precision_probe: Callable[[], bool] | None = None
-                   ) -> Machine:
-    """Resolve trainer.precision/channels_last ("auto"), write the results back into `cfg` (so
-    config.yaml and the checkpoint record them), and split the CPU between threads and workers.
+                   probe: Callable[[], bool] | None = None, precision_probe: Callable[[], bool] | None = None,
+                   world_size: int = 1) -> Machine:
+    """Resolve trainer.precision/channels_last ("auto") and split the CPU between threads and
+    workers; `cfg` is only read (the app records the result in the run plan and config.yaml).
+    `world_size`: the training processes (the World's size), which share the global batch.
     `probe` / `precision_probe` replace the timed layout / bf16 probes (tests)."""
     trainer, data = cfg.trainer, cfg.data
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
     split = apply_cpu_split(device, wants_workers, trainer.get("threads"), data.get("num_workers"),
-                            max(1, usable_cores() // max(1, local)))
+                            cores_per_process(local))
     asked_precision, asked_layout = str(trainer.precision), trainer.channels_last
     size = int(data.image_size)
     max_steps = trainer.get("max_steps")
     short = bool(max_steps) and int(max_steps) < PROBE_MIN_STEPS and trainer.get("time_budget") is None
-    batch = _probe_batch(size, max(1, int(data.batch_size) // max(1, world_size())))
+    batch = _probe_batch(size, max(1, int(data.batch_size) // max(1, int(world_size))))
     if precision_probe is None and not short:  # a probe costs a few steps; a short run takes native untimed
         precision_probe = partial(probe_bf16, encoder, size, batch)
     precision = str(_agree(resolve_precision(asked_precision, device, precision_probe), device))
@@ -312,8 +320,6 @@ def fit_to_machine(cfg: DictConfig, device: torch.device, encoder: nn.Module, wa
     if str(asked_layout) == "auto":
         how.append("auto layout: " + ("CUDA" if device.type == "cuda" else
                                       "run too short to probe" if short else "timed probe"))
-    OmegaConf.update(cfg, "trainer.precision", precision)
-    OmegaConf.update(cfg, "trainer.channels_last", channels_last)
     return Machine(precision, channels_last, split.threads, split.workers, "; ".join(how),
                    precision_warning(precision, device))
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from sslkit.errors import ConfigError, suggestion
+from sslkit.plugins import Registry
 
 if TYPE_CHECKING:
     from torchvision.models.resnet import ResNet
-
-TORCHVISION = ("resnet18", "resnet34", "resnet50")
-
 
 def _torchvision_resnet(name: str, small_images: bool, width: int = 64) -> tuple[nn.Module, int]:
     import torchvision
@@ -68,20 +66,34 @@ def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, in
     return model, int(vars(model)["num_features"])  # timm sets it in __init__
 
 
-def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:
-    """An encoder mapping (N, 3, H, W) images to pooled (N, D) features, and D."""
-    name = cfg["name"]
-    if name in TORCHVISION:
-        width = int(cfg.get("width") or 64)
-        if width < 1:
-            raise ConfigError(f"backbone.width must be a positive integer, got {width}")
-        return _torchvision_resnet(name, bool(cfg.get("small_images", False)), width)
-    if name == "timm":
-        if not cfg.get("timm_name"):
-            raise ConfigError("backbone=timm needs backbone.timm_name=<a timm model name>")
-        size = cfg.get("image_size")
-        return _timm_model(str(cfg["timm_name"]), int(size) if size else None)
-    raise ConfigError(f"unknown backbone '{name}'; {suggestion(name, (*TORCHVISION, 'timm'))}")
+#: A backbone builder: the `backbone` config -> (encoder, feature dimension).
+BackboneBuilder = Callable[[Mapping[str, Any]], tuple[nn.Module, int]]
+#: `backbone.name` -> builder: torchvision ResNets, timm, the `sslkit.backbones` entry points, `package.module:build`
+BACKBONES: Registry[BackboneBuilder] = Registry("backbone", "sslkit.backbones")
+
+
+@BACKBONES.register("resnet18")
+@BACKBONES.register("resnet34")
+@BACKBONES.register("resnet50")
+def _resnet(cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:
+    width = int(cfg.get("width") or 64)
+    if width < 1:
+        raise ConfigError(f"backbone.width must be a positive integer, got {width}")
+    return _torchvision_resnet(str(cfg["name"]), bool(cfg.get("small_images", False)), width)
+
+
+@BACKBONES.register("timm")
+def _timm(cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:
+    if not cfg.get("timm_name"):
+        raise ConfigError("backbone=timm needs backbone.timm_name=<a timm model name>")
+    size = cfg.get("image_size")
+    return _timm_model(str(cfg["timm_name"]), int(size) if size else None)
+
+
+def build_backbone(cfg: Mapping[str, Any], allow_import: bool = True) -> tuple[nn.Module, int]:
+    """An encoder mapping (N, 3, H, W) images to pooled (N, D) features, and D. `allow_import=False`
+    for a config read from a file: its `backbone.name` may then only be a registered one."""
+    return BACKBONES.get(str(cfg["name"]), allow_import)(cfg)
 
 
 def encoder_weights(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,7 +114,7 @@ def backbone_from_checkpoint(cfg: dict[str, Any], checkpoint: Mapping[str, Any])
 
 def backbone_from_state(cfg: dict[str, Any], method_state: dict[str, Any]) -> nn.Module:
     """The trained backbone of a checkpoint: its method's `backbone.*` weights in a fresh backbone of `cfg`."""
-    backbone, _ = build_backbone(cfg)
+    backbone, _ = build_backbone(cfg, allow_import=False)  # a checkpoint's config never names code
     state = {k[len("backbone."):]: v for k, v in method_state.items() if k.startswith("backbone.")}
     backbone.load_state_dict(state)
     return backbone

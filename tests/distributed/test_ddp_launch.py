@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sslkit.engine import distributed
+from sslkit.engine import distributed, hardware
 
 pytestmark = pytest.mark.distributed
 
@@ -43,7 +43,7 @@ def test_launch_keeps_a_user_thread_count(calls, monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     distributed.launch_torchrun(2, ["train"])
     assert calls[0][1]["OMP_NUM_THREADS"] == "3"
-    assert distributed.default_threads(64) == 1
+    assert hardware.cores_per_process(64) == 1
 
 
 def test_single_process_world_needs_no_group(monkeypatch) -> None:

@@ -25,7 +25,7 @@ def keys_worker(rank: int, world: int, out_dir: Path) -> None:
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     m = MoCoV2(backbone, 8, {"kind": "mlp", "hidden_dim": 16, "out_dim": 8, "batch_norm": False},
-               **method_defaults("mocov2", queue_size=64, momentum=0.9)).double()
+               **method_defaults("mocov2", queue_size=64, momentum=0.9), world_size=world).double()
     fed: list[torch.Tensor] = []
     m.backbone_k.register_forward_pre_hook(lambda mod, args: fed.append(args[0].clone()))
     g = torch.Generator().manual_seed(100 + rank)

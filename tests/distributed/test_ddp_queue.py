@@ -13,7 +13,7 @@ pytestmark = pytest.mark.distributed
 QUEUE, BATCH, STEPS, DIM = 64, 8, 5, 8  # 5 pushes of 2 x 8 keys: the queue wraps once
 
 
-def tiny_moco() -> nn.Module:
+def tiny_moco(world: int = 1) -> nn.Module:
     from sslkit.build import method_defaults
     from sslkit.methods.mocov2 import MoCoV2
 
@@ -21,14 +21,14 @@ def tiny_moco() -> nn.Module:
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                              nn.AdaptiveAvgPool2d(1), nn.Flatten())
     head = {"kind": "mlp", "hidden_dim": 16, "out_dim": DIM}
-    return MoCoV2(backbone, 8, head, **method_defaults("mocov2", queue_size=QUEUE, momentum=0.9))
+    return MoCoV2(backbone, 8, head, **method_defaults("mocov2", queue_size=QUEUE, momentum=0.9), world_size=world)
 
 
 def queue_worker(rank: int, world: int, out_dir: Path) -> None:
     from sslkit.devices import World
     from sslkit.engine.parallel import wrap
 
-    method = tiny_moco()
+    method = tiny_moco(world)  # the app passes the World's size at construction
     model = wrap(method, World(rank, rank, world, torch.device("cpu")))  # what engine.fit trains
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
     data = torch.Generator().manual_seed(100 + rank)  # different images on each rank

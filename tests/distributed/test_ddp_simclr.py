@@ -27,7 +27,7 @@ def views() -> tuple[Tensor, Tensor]:
         torch.randn(2 * B, 3, 4, 4, generator=g, dtype=torch.float64)
 
 
-def simclr(chunk_size: int | None = None, gather: bool = True) -> nn.Module:
+def simclr(chunk_size: int | None = None, gather: bool = True, world: int = 1) -> nn.Module:
     from sslkit.build import method_defaults
     from sslkit.methods.simclr import SimCLR
 
@@ -35,7 +35,8 @@ def simclr(chunk_size: int | None = None, gather: bool = True) -> nn.Module:
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.Tanh(), nn.Linear(32, 16))  # no BatchNorm
     head = {"kind": "mlp", "hidden_dim": 24, "out_dim": 8}
     method = SimCLR(backbone, 16, head,
-                    **method_defaults("simclr", temperature=TAU, chunk_size=chunk_size, gather_distributed=gather))
+                    **method_defaults("simclr", temperature=TAU, chunk_size=chunk_size, gather_distributed=gather),
+                    world_size=world)
     return method.double()
 
 
@@ -64,7 +65,7 @@ def simclr_worker(rank: int, world: int, out_dir) -> None:
 
     results = {}
     for name, (chunk_size, gather) in VARIANTS.items():
-        method = simclr(chunk_size, gather)
+        method = simclr(chunk_size, gather, world)
         model = wrap(method, World(rank, rank, world, torch.device("cpu")))  # DDP, or grad cache: by hand
         assert (model is method) == (chunk_size is not None)
         x1, x2 = (v[rank * B:(rank + 1) * B] for v in views())

@@ -100,7 +100,7 @@ def test_injected_cpu_kind_decides_auto_precision(monkeypatch, forced, faster, e
                                     precision_probe=lambda: faster)
     finally:
         torch.set_num_threads(before)
-    assert machine.precision == expected and cfg.trainer.precision == expected  # config.yaml records it
+    assert machine.precision == expected and cfg.trainer.precision == "auto"  # the config is only read
     assert f"precision {expected}," in machine.describe() and f"SSLKIT_CPU_BF16={forced}" in machine.describe()
     if forced == "native":
         assert f"timed probe: {'bf16' if faster else 'fp32'} faster" in machine.describe()
@@ -161,7 +161,7 @@ def test_apply_cpu_split_sets_torch_threads(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_fit_to_machine_writes_the_resolved_values_into_the_config(monkeypatch):
+def test_fit_to_machine_returns_the_resolved_values_and_leaves_the_config_alone(monkeypatch):
     monkeypatch.setattr(hw, "cpu_has_native_bf16", lambda: False)
     cfg = compose([])
     assert cfg.trainer.precision == "auto" and cfg.trainer.channels_last == "auto"
@@ -171,7 +171,7 @@ def test_fit_to_machine_writes_the_resolved_values_into_the_config(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert (machine.precision, machine.channels_last) == ("32", True)
-    assert cfg.trainer.precision == "32" and cfg.trainer.channels_last is True
+    assert cfg.trainer.precision == "auto" and cfg.trainer.channels_last == "auto"  # read-only: the plan records them
     assert machine.warning is None and "precision 32" in machine.describe()
 
 

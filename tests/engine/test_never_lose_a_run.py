@@ -7,10 +7,11 @@ from collections import namedtuple
 
 import pytest
 
+from sslkit.app.launch import resume_config
 from sslkit.app.train import train
 from sslkit.config import compose
 from sslkit.engine import checkpoint as ckpt
-from sslkit.engine.checkpoint import config_of, load_run
+from sslkit.engine.checkpoint import load_run
 from sslkit.errors import CheckpointError
 from tests.app.test_cli_errors import _one_line_error
 from tests.conftest import needs_fashion, run_cli
@@ -22,8 +23,7 @@ BASE = ["data.subset=64", "data.batch_size=32", "method.queue_size=64", "head.hi
 
 def _resume(run_dir, max_steps):
     saved, _ = load_run(str(run_dir))
-    cfg = config_of(saved)
-    cfg.trainer.max_steps = max_steps
+    cfg = resume_config(str(run_dir), [f"trainer.max_steps={max_steps}"])[0]  # what `sslkit train` does
     return train(cfg, saved)
 
 

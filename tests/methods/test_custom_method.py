@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sslkit.registry import METHODS
 from tests.conftest import ROOT, needs_fashion, run_cli
 
 pytestmark = needs_fashion
@@ -91,7 +92,7 @@ def test_the_general_route_declares_a_fixed_predictor_rate(user_dir, monkeypatch
     from sslkit.methods import SSLMethod
     from tests.conftest import TinyEncoder
 
-    monkeypatch.setattr("sslkit.registry._METHODS", {})  # the doc's @register_method on a clean registry
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))  # the doc's @register_method, undone after
     doc = _module(user_dir, "my_simsiam")
     assert issubclass(doc.SimSiam, SSLMethod) and doc.SimSiam.family == "siamese"
     method = doc.SimSiam(TinyEncoder(8), 8, {"kind": "mlp", "hidden_dim": 16, "out_dim": 8}, pred_dim=4)
@@ -120,7 +121,7 @@ def test_the_contrastive_route_is_nt_xent(user_dir, monkeypatch):
     from sslkit.methods import ContrastiveMethod
     from tests.conftest import TinyEncoder
 
-    monkeypatch.setattr("sslkit.registry._METHODS", {})
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
     doc = _module(user_dir, "my_inbatch")
     torch.manual_seed(0)
     method = doc.InBatch(TinyEncoder(8), 8, {"kind": "mlp", "hidden_dim": 16, "out_dim": 8}, temperature=0.5)
