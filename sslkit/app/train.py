@@ -35,7 +35,7 @@ from sslkit.engine.outputs import claim_run_dir, default_run_dir
 from sslkit.engine.schedule import build_scheduler
 from sslkit.engine.state import TrainState, restore
 from sslkit.errors import ConfigError
-from sslkit.files import tensor_bytes
+from sslkit.files import tensor_bytes, write_text_atomic
 from sslkit.methods.base import ContrastiveMethod
 
 
@@ -154,7 +154,8 @@ def _prepare_run_dir(cfg: DictConfig, world: World, run_dir: Path, resumed: Trai
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.check_free_space(run_dir, checkpoint_bytes(method))
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        ckpt.remove_stale_temps(run_dir)  # what a run killed inside a save left
+        write_text_atomic(to_yaml(cfg), run_dir / "config.yaml")
 
 
 def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) -> Path:
