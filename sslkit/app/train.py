@@ -145,11 +145,13 @@ def _fit_budget(cfg: DictConfig, trial: FitInputs, began: float, minutes: float)
 
 
 def _prepare_run_dir(cfg: DictConfig, world: World, run_dir: Path, resumed: TrainState | None,
-                     method: ContrastiveMethod) -> None:
+                     method: ContrastiveMethod, rng_ranks: list[Any] | None = None) -> None:
     """Write config.yaml into `run_dir` (after a free-space check) and seed each rank's augmentations."""
     if resumed is None:
         seed_everything(int(cfg.seed) + 1000 * world.rank + 1)  # different augmentations per rank
-    elif world.rank > 0:  # the checkpoint holds rank 0's RNG state; keep the ranks' augmentations apart
+    elif world.rank > 0 and rng_ranks is not None and len(rng_ranks) == world.size:
+        ckpt.set_rng_state(rng_ranks[world.rank])  # this rank's own stream, where it stopped: an exact resume
+    elif world.rank > 0:  # a checkpoint without this rank's state (another world size): keep the ranks apart
         seed_everything(int(cfg.seed) + 1000 * world.rank + 1 + resumed.step)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +180,8 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
         settings, budget_note = _fit_budget(cfg, trial, began, minutes)
     scheduler = build_scheduler(optimizer, cfg.optim, settings.total_steps, settings.steps_per_epoch)
     state = restore(resume_from, method, optimizer, scheduler, scaler) if resume_from is not None else TrainState()
-    _prepare_run_dir(cfg, world, run_dir, state if resume_from is not None else None, method)
+    _prepare_run_dir(cfg, world, run_dir, state if resume_from is not None else None, method,
+                     resume_from.get("rng_ranks") if resume_from is not None else None)
     logger = (RunLogger(run_dir, settings.total_steps, state.step, str(cfg.trainer.progress)) if world.is_main
               else NullLogger())
     logger.message(f"sslkit: {cfg.method.name} on {cfg.data.name} ({len(dataset)} images), {world.size} x "

@@ -167,9 +167,13 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     return open_checkpoint(path).checkpoint
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "backbone.pt")  # written atomically beside the checkpoints
+
+
 def remove_stale_temps(run_dir: Path) -> list[Path]:
-    """Delete temporaries an interrupted checkpoint save left in `<run dir>/checkpoints` (rank 0 only)."""
-    return files.remove_stale_temps(run_dir / LAST, run_dir / PREV)
+    """Delete the temporaries an interrupted save left in a run directory: of its checkpoints, config,
+    metrics rewrite and export. Rank 0 alone writes them, so none of them is another process's."""
+    return files.remove_stale_temps(run_dir / LAST, run_dir / PREV, *(run_dir / name for name in RUN_FILES))
 
 
 def run_dir_of(file: Path) -> Path:

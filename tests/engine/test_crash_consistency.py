@@ -203,3 +203,53 @@ def test_one_resolution_for_a_run_dir_a_last_and_a_prev(killed_runs, tmp_path, c
     with pytest.raises(Exception, match="previous checkpoint cannot be used either"):
         ckpt.open_checkpoint(run)
 
+
+
+def test_a_torn_metrics_line_breaks_neither_resume_nor_plots_nor_report(killed_runs, tmp_path, capsys, monkeypatch):
+    from sslkit.evaluation.plots import plot_training
+    from sslkit.evaluation.report import build_report
+
+    _, snapshots = killed_runs
+    run = tmp_path / "run"
+    shutil.copytree(snapshots["temp fsynced"], run)  # last.pt at step 2; metrics hold steps 1-3
+    (run / ".config.yaml.k1ll3d00").write_text("seed: 0\n")  # a killed config write's temporary
+    with (run / "metrics.jsonl").open("ab") as f:  # killed inside a line, inside a UTF-8 character
+        f.write(b'{"time": 1.0, "step": 4, "note": "\xe2\x82')
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    assert plot_training(run).is_file()
+    html, counts = build_report(run)
+    assert counts["pictures"] >= 1 and "sslkit run" in html
+
+    config_before = (run / "config.yaml").read_text()
+    seen: dict[str, str] = {}
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst).name == "config.yaml":  # the instant before the rename: old text whole, new text whole
+            seen["old"], seen["new"] = Path(dst).read_text(), Path(src).read_text()
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, err = _cli(capsys, "train", f"trainer.resume={run}")
+    assert code == 0, err
+    assert seen == {"old": config_before, "new": (run / "config.yaml").read_text()}
+    # the torn line is gone, not glued to the next record; every step logged once
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    assert (run / "metrics.jsonl").read_bytes().count(b"\n") == 4
+    assert not [p.name for p in run.rglob(".*")]
+
+
+def test_the_feature_cache_deletes_what_a_killed_writer_left_and_nothing_younger(tmp_path, monkeypatch):
+    from sslkit.evaluation import features as F
+    from tests.evaluation.test_eval_features import DATA, toy
+
+    ds = toy(12)
+    monkeypatch.setattr("sslkit.data.build_dataset", lambda data, split, subset: ds.subset(subset))
+    key = F.cache_key("pixels", "train", 10, DATA, None)
+    old, young = tmp_path / f".{key}.pt.k1ll3d00", tmp_path / f".{key}.pt.wr1t1ng0"
+    old.write_bytes(b"half of a killed write")
+    young.write_bytes(b"another evaluation writing now")
+    os.utime(old, (1e9, 1e9))
+    feats = F.load_features("pixels", "train", 10, DATA, cache_dir=tmp_path)
+    assert feats.path is not None and feats.path.is_file()
+    assert not old.exists() and young.exists()
