@@ -72,15 +72,15 @@ def fine_tune(model: nn.Module, dataset: Dataset, s: FineTuneSettings, world: Wo
         remove_stale_temps(checkpoint, previous_of(checkpoint))  # what a kill inside a save left
     if checkpoint is not None and (checkpoint.is_file() or previous_of(checkpoint).is_file()):
         opened = open_checkpoint(checkpoint, check=False)  # falls back to its .prev.pt, as a run's does
-        state, checkpoint = opened.checkpoint, opened.file
+        state = opened.checkpoint
         if state.get("settings") != _plain_settings(s):
-            raise CheckpointError(f"{checkpoint} was written with other fine-tuning settings; delete it or pass "
+            raise CheckpointError(f"{opened.file} was written with other fine-tuning settings; delete it or pass "
                                   "eval.resume=false")
         _unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step, losses = int(state["step"]), list(state["losses"])
-        log(f"detect: resumed from {checkpoint} at step {step}")
+        log(f"detect: resumed from {opened.file} at step {step}")
     n = num_images(dataset)
     if n == 0:
         raise ConfigError("the detection training set is empty")
