@@ -48,6 +48,6 @@ def test_a_missing_detection_checkpoint_resumes_from_its_prev_exactly(tmp_path, 
     assert len(notice) == 1 and "detect_ckpt.pt is missing" in notice[0] and "(step 1)" in notice[0]
     assert "resumed" in messages[0] and "step 1" in messages[0]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("detect", ".detect"))) == [
         "detect_ckpt.prev.pt", "detect_ckpt.pt"]
