@@ -19,7 +19,8 @@ from tests.conftest import ROOT, needs_fashion, run_cli
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, needs_fashion]
 BASE = ["trainer.devices=2", "device=cpu", "data.subset=128", "data.batch_size=32", "trainer.epochs=2",
         "method.queue_size=64", "head.hidden_dim=32", "trainer.progress=lines", "trainer.log_every_steps=1",
-        "trainer.checkpoint_every_steps=0"]
+        "trainer.checkpoint_every_steps=0", "trainer.precision=32", "trainer.channels_last=false"]
+# precision and layout pinned: `auto` decides channels_last by a timed probe, which may differ between two runs
 TOTAL = 8
 
 
