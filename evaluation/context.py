@@ -56,8 +56,8 @@ class EvalContext:
 
 def load_trained(path: str | Path) -> TrainedBackbone:
     """Load a checkpoint on the CPU and rebuild its backbone from the checkpoint's own config."""
-    file = ckpt_io.resolve(path)  # resolved once: the file, then its contents
-    state = ckpt_io.load_file(file)
+    opened = ckpt_io.open_checkpoint(path)
+    state, file = opened.checkpoint, opened.file
     if "config" not in state or "method" not in state:
         raise CheckpointError(f"{file} has no saved config or method weights; is it from `sslkit train`?")
     config = ckpt_io.config_of(state)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from sslkit.data.base import num_images
 from sslkit.errors import DataError
-from sslkit.files import save_atomic
+from sslkit.files import remove_stale_temps, save_atomic
 
 CACHE_VERSION = 2  # 2: subsets are stratified and seeded (were the first N)
 KINDS = ("backbone", "pixels")
@@ -164,4 +164,6 @@ def load_features(kind: str, split: str, subset: int | None, data: Mapping[str, 
                                   desc=f"features {split}")
     if path is not None:
         save_atomic({"feats": feats, "labels": labels, "num_classes": num_classes}, path)
+        # a temporary of this entry untouched for a minute was left by a killed process (a live one renames it at once)
+        remove_stale_temps(path, older_than=60)
     return Features(feats, labels, num_classes, time.perf_counter() - start, cached=False, path=path)

@@ -31,12 +31,10 @@ img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}figcaption{color:#5
 
 def run_directory(path: str) -> Path:
     """The run directory of `checkpoint=`: a run directory, or a checkpoint file inside one."""
-    from sslkit.engine.checkpoint import run_dir_of
+    from sslkit.engine.checkpoint import locate, run_dir_of
 
     p = Path(path).expanduser()
-    run = p if p.is_dir() else run_dir_of(p) if p.is_file() else None
-    if run is None:
-        raise CheckpointError(f"checkpoint '{path}' does not exist; pass a run directory (runs/...)")
+    run = p if p.is_dir() else run_dir_of(locate(p))  # a missing last.pt: its prev.pt's run
     if not (run / "config.yaml").is_file() and not (run / "metrics.jsonl").is_file():
         raise CheckpointError(f"{run} is not an sslkit run directory (no config.yaml or metrics.jsonl)")
     return run

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Subset
 from sslkit.config import as_dict
 from sslkit.data.base import num_images
 from sslkit.devices import World
+from sslkit.engine.checkpoint import previous_of
 from sslkit.engine.outputs import backbone_name
 from sslkit.errors import ConfigError
 
@@ -80,6 +81,7 @@ def run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) -
     ckpt = out_dir / "detect_ckpt.pt"
     if not bool(e.resume) and world.is_main:
         ckpt.unlink(missing_ok=True)
+        previous_of(ckpt).unlink(missing_ok=True)
     log = print if world.is_main else (lambda _msg: None)
     t1 = time.perf_counter()
     train_info = fine_tune(net, train_ds, settings, world, ckpt, int(e.checkpoint_every_steps), log)

@@ -15,8 +15,9 @@ from torch.utils.data import Dataset
 
 from sslkit.data.base import num_images
 from sslkit.devices import World
+from sslkit.engine.checkpoint import open_checkpoint, previous_of
 from sslkit.errors import CheckpointError, ConfigError
-from sslkit.files import save_atomic
+from sslkit.files import remove_stale_temps, save_atomic
 
 Predictions = list[dict[str, Tensor]]
 
@@ -67,16 +68,19 @@ def fine_tune(model: nn.Module, dataset: Dataset, s: FineTuneSettings, world: Wo
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     step, losses = 0, []
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if checkpoint is not None and world.is_main:
+        remove_stale_temps(checkpoint, previous_of(checkpoint))  # what a kill inside a save left
+    if checkpoint is not None and (checkpoint.is_file() or previous_of(checkpoint).is_file()):
+        opened = open_checkpoint(checkpoint, check=False)  # falls back to its .prev.pt, as a run's does
+        state = opened.checkpoint
         if state.get("settings") != _plain_settings(s):
-            raise CheckpointError(f"{checkpoint} was written with other fine-tuning settings; delete it or pass "
+            raise CheckpointError(f"{opened.file} was written with other fine-tuning settings; delete it or pass "
                                   "eval.resume=false")
         _unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step, losses = int(state["step"]), list(state["losses"])
-        log(f"detect: resumed from {checkpoint} at step {step}")
+        log(f"detect: resumed from {opened.file} at step {step}")
     n = num_images(dataset)
     if n == 0:
         raise ConfigError("the detection training set is empty")
@@ -97,7 +101,9 @@ def fine_tune(model: nn.Module, dataset: Dataset, s: FineTuneSettings, world: Wo
             raise ConfigError(f"detection loss is {value} at step {step}; lower eval.lr")
         if checkpoint is not None and world.is_main and (step % checkpoint_every == 0 or step == s.steps):
             save_atomic({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "step": step,
-                         "rng": torch.get_rng_state(), "losses": losses, "settings": _plain_settings(s)}, checkpoint)
+                         "rng": torch.get_rng_state(), "losses": losses, "settings": _plain_settings(s)}, checkpoint,
+                        keep_previous=previous_of(checkpoint))
+            remove_stale_temps(checkpoint, previous_of(checkpoint))
         if step % max(1, s.steps // 10) == 0 or step == s.steps:
             log(f"detect: step {step}/{s.steps} loss {value:.4f} lr {s.lr_at(step - 1):.4g}")
     return {"steps": step, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}

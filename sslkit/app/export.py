@@ -14,7 +14,7 @@ from sslkit.config import as_dict
 from sslkit.engine import checkpoint as ckpt
 from sslkit.engine.outputs import new_file
 from sslkit.errors import CheckpointError, ConfigError
-from sslkit.files import save_atomic
+from sslkit.files import remove_stale_temps, save_atomic
 from sslkit.nn.backbones import backbone_from_checkpoint
 from sslkit.overrides import key_values
 
@@ -31,6 +31,7 @@ def export_backbone(backbone: nn.Module, path: Path) -> Path:
     """Write the backbone as a state_dict that `torchvision.models.resnet50().load_state_dict(sd, strict=False)`
     loads with only `fc.*` missing, and `timm.create_model(name, num_classes=0)` loads strictly."""
     save_atomic(backbone_state(backbone), path)
+    remove_stale_temps(path, older_than=60)  # an export killed inside its save left one
     return path
 
 
@@ -52,7 +53,7 @@ def export_command(overrides: list[str]) -> int:
 def upgrade_command(file: str, overrides: list[str]) -> int:
     """`sslkit checkpoint upgrade FILE [out=PATH]`: unpickles FILE (trusted files only)."""
     opts = key_values(overrides, {"out"})
-    src = ckpt.resolve(file)
+    src = ckpt.locate(file)
     out = Path(opts["out"]) if opts.get("out") else src
     if out != src and out.exists():
         raise CheckpointError(f"out={out} exists; choose a new file")

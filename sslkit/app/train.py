@@ -35,7 +35,7 @@ from sslkit.engine.outputs import claim_run_dir, default_run_dir
 from sslkit.engine.schedule import build_scheduler
 from sslkit.engine.state import TrainState, restore
 from sslkit.errors import ConfigError
-from sslkit.files import tensor_bytes
+from sslkit.files import tensor_bytes, write_text_atomic
 from sslkit.methods.base import SSLMethod
 from sslkit.plan import RunPlan, make_plan
 
@@ -179,15 +179,22 @@ def _fit_budget(trial: FitInputs, began: float, minutes: float) -> tuple[int, st
 
 
 def _prepare_run_dir(plan: RunPlan, world: World, run_dir: Path, state: TrainState, resumed: bool,
-                     method: SSLMethod) -> None:
-    """Write config.yaml (the plan) into `run_dir` (after a free-space check) and seed each rank's
-    augmentations: a resumed rank 0 keeps the checkpoint's RNG state, the other ranks step apart."""
-    if not (resumed and world.is_main):
-        seed_everything(int(plan.config.seed) + 1000 * world.rank + 1 + state.step)
+                     method: SSLMethod, rng_ranks: list[Any] | None = None) -> None:
+    """Write config.yaml (the plan) into `run_dir` (after a free-space check, atomically) and seed each
+    rank's augmentations: a resumed rank keeps the checkpoint's RNG state (its own where the checkpoint
+    holds every rank's: an exact resume), a new run's ranks start apart."""
+    seed = int(plan.config.seed)
+    if not resumed:
+        seed_everything(seed + 1000 * world.rank + 1)  # different augmentations per rank
+    elif world.rank > 0 and rng_ranks is not None and len(rng_ranks) == world.size:
+        ckpt.set_rng_state(rng_ranks[world.rank])  # this rank's own stream, where it stopped
+    elif world.rank > 0:  # a checkpoint without this rank's state (another world size): keep the ranks apart
+        seed_everything(seed + 1000 * world.rank + 1 + state.step)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.check_free_space(run_dir, checkpoint_bytes(method))
-        (run_dir / "config.yaml").write_text(plan.to_yaml())
+        ckpt.remove_stale_temps(run_dir)  # what a run killed inside a save left
+        write_text_atomic(plan.to_yaml(), run_dir / "config.yaml")
 
 
 def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None, claimed: Path | None) -> Path:
@@ -217,7 +224,8 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None, cl
     optimizer = build_optimizer(method, plan.config.optim, batch, method.param_rules())
     scheduler = build_scheduler(optimizer, plan.config.optim, settings.total_steps, settings.steps_per_epoch)
     state = restore(resume_from, method, optimizer, scheduler, scaler) if resume_from is not None else TrainState()
-    _prepare_run_dir(plan, world, run_dir, state, resumed, method)
+    _prepare_run_dir(plan, world, run_dir, state, resumed, method,
+                     resume_from.get("rng_ranks") if resume_from is not None else None)
     logger = (RunLogger(run_dir, settings.total_steps, state.step, str(plan.config.trainer.progress)) if world.is_main
               else NullLogger())
     logger.message(f"sslkit: {plan.method} on {plan.config.data.name} ({len(dataset)} images), {world.size} x "

@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sslkit import files
 from sslkit.errors import CheckpointError
 from sslkit.files import save_atomic
 
@@ -75,20 +77,38 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint file from a run directory or a file path, or a one-line CheckpointError."""
+def previous_of(file: Path) -> Path:
+    """The file `save_atomic(..., keep_previous=)` keeps beside `file`: prev.pt for last.pt, else X.prev.pt."""
+    return file.with_name(PREV.name) if file.name == LAST.name else file.with_name(f"{file.stem}.prev{file.suffix}")
+
+
+def _candidates(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """The file `path` names and the one to fall back to: a run directory or a last.pt -> (last.pt,
+    prev.pt); a prev.pt -> (prev.pt, None); another file -> (it, its X.prev.pt where one exists)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        if (p / LAST).is_file() or (p / PREV).is_file():
-            return p / LAST
-        raise CheckpointError(f"{p} is a directory without {LAST}; pass a run directory or a .pt checkpoint")
-    if not p.is_file():
+        if not ((p / LAST).is_file() or (p / PREV).is_file()):
+            raise CheckpointError(f"{p} is a directory without {LAST} or {PREV}; pass a run directory or a .pt "
+                                  "checkpoint")
+        return p / LAST, p / PREV
+    fallback = None if p.name == PREV.name else previous_of(p)
+    if fallback is not None and not fallback.is_file():
+        fallback = None
+    if not p.is_file() and fallback is None:
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass a run directory (runs/...) or a .pt file")
-    return p
+    return p, fallback
 
 
-def _read(file: Path) -> dict[str, Any]:
-    """Load with weights_only=True: a file that needs any other class is refused, never unpickled."""
+def locate(path: str | os.PathLike[str]) -> Path:
+    """The existing checkpoint file `path` names (a run directory, a file, or its prev when the file is
+    missing), without reading it: for `sslkit checkpoint upgrade` and the report."""
+    file, fallback = _candidates(path)
+    return file if file.is_file() or fallback is None else fallback
+
+
+def _read(file: Path, check: bool = True) -> dict[str, Any]:
+    """Load with weights_only=True: a file that needs any other class is refused, never unpickled.
+    `check`: it must be an sslkit checkpoint of this format version (else any dict)."""
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign, or a pickle that wants to run code
@@ -103,6 +123,8 @@ def _read(file: Path) -> dict[str, Any]:
         detail = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")),
                       lines[0] if lines else type(exc).__name__)
         raise CheckpointError(f"cannot read checkpoint {file}: not a torch file, or truncated ({detail})") from None
+    if not check and isinstance(ckpt, dict):
+        return ckpt
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not an sslkit checkpoint (use `sslkit export` files with torchvision/timm)")
     if ckpt.get("version") != VERSION:
@@ -111,26 +133,57 @@ def _read(file: Path) -> dict[str, Any]:
     return ckpt
 
 
-def load(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load an sslkit checkpoint (a run directory or a file) on the CPU, safely."""
-    return load_file(resolve(path))
+@dataclass(frozen=True)
+class Opened:
+    """A loaded checkpoint, the file it was read from (prev.pt after a fallback) and its run directory."""
+
+    checkpoint: dict[str, Any]
+    file: Path
+    run_dir: Path
 
 
-def load_file(file: Path) -> dict[str, Any]:
-    """Load the checkpoint file `resolve` found. A run directory whose last.pt is missing,
-    truncated or unreadable falls back to its prev.pt with a one-line notice on stderr."""
-    prev = file.parent / PREV.name
-    if file.name == LAST.name and file.parent.name == LAST.parent.name and prev.is_file():
+def _step(ckpt: dict[str, Any]) -> Any:
+    state = ckpt.get("state")
+    return state.get("step") if isinstance(state, dict) else ckpt.get("step")
+
+
+def open_checkpoint(path: str | os.PathLike[str], check: bool = True) -> Opened:
+    """THE resolution of a checkpoint path, shared by resume, every `sslkit eval`, export, report and the
+    detection resume: a run directory, a last.pt or a prev.pt (or any .pt), loaded on the CPU, safely.
+    When the file is missing, truncated or unreadable and its previous file exists (prev.pt beside
+    last.pt), that one is loaded instead, with one `sslkit: notice:` line on stderr naming its step.
+    `check=False` accepts any dict of tensors (the detection checkpoint) instead of an sslkit checkpoint."""
+    file, fallback = _candidates(path)
+    if fallback is None:
+        ckpt = _read(file, check)
+    else:
         try:
             if not file.is_file():
                 raise CheckpointError(f"{file} is missing")
-            return _read(file)
+            ckpt = _read(file, check)
         except CheckpointError as exc:
-            ckpt = _read(prev)
-            print(f"sslkit: notice: {exc}; using the previous checkpoint {prev} "
-                  f"(step {ckpt.get('state', {}).get('step')})", file=sys.stderr, flush=True)
-            return ckpt
-    return _read(file)
+            try:
+                ckpt = _read(fallback, check)
+            except CheckpointError as older:
+                raise CheckpointError(f"{exc}, and its previous checkpoint cannot be used either: {older}") from None
+            print(f"sslkit: notice: {exc}; using the previous checkpoint {fallback} (step {_step(ckpt)})",
+                  file=sys.stderr, flush=True)
+            file = fallback
+    return Opened(ckpt, file, run_dir_of(file))
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """`open_checkpoint(path).checkpoint`."""
+    return open_checkpoint(path).checkpoint
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "backbone.pt")  # written atomically beside the checkpoints
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete the temporaries an interrupted save left in a run directory: of its checkpoints, config,
+    metrics rewrite and export. Rank 0 alone writes them, so none of them is another process's."""
+    return files.remove_stale_temps(run_dir / LAST, run_dir / PREV, *(run_dir / name for name in RUN_FILES))
 
 
 def run_dir_of(file: Path) -> Path:
@@ -170,6 +223,6 @@ def config_of(checkpoint: dict[str, Any]) -> DictConfig:
 
 
 def load_run(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
-    """A checkpoint (from a run directory or a file) and its run directory."""
-    file = resolve(path)
-    return load_file(file), run_dir_of(file)
+    """A checkpoint (from a run directory or a file) and its run directory: `open_checkpoint`."""
+    opened = open_checkpoint(path)
+    return opened.checkpoint, opened.run_dir

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sslkit.engine.progress import line_interval
+from sslkit.files import write_text_atomic
 
 
 def _fmt(v: float) -> str:
@@ -22,19 +23,17 @@ def _truncate_after(path: Path, step: int) -> None:
     """Keep only the records of `path` (metrics.jsonl) logged at or before `step`."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
 
     def keep(line: str) -> bool:
         try:
             return int(json.loads(line).get("step", 0)) <= step
-        except (ValueError, AttributeError):  # a line cut off by a crash
+        except (ValueError, AttributeError, TypeError):  # a line cut off by a kill
             return False
 
     kept = [line for line in lines if keep(line)]
-    if len(kept) != len(lines):
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+    if len(kept) != len(lines) or not path.read_bytes().endswith(b"\n"):
+        write_text_atomic("".join(line + "\n" for line in kept), path)
 
 
 class RunLogger:

@@ -206,9 +206,16 @@ class _Loop:
         self.checkpoint()
 
     def checkpoint(self) -> Path:
+        """Rank 0 writes the checkpoint; under torchrun it holds every rank's RNG state (`rng_ranks`),
+        gathered here from all ranks (every rank calls this), so each rank resumes its own stream."""
         i = self.i
+        extra = i.checkpoint_extra
+        if i.world.size > 1:
+            states: list[Any] | None = [None] * i.world.size if i.world.is_main else None
+            torch.distributed.gather_object(ckpt.rng_state(), states, dst=0)
+            extra = {**extra, "rng_ranks": states}
         if i.world.is_main:
-            save_checkpoint(i.run_dir, i.method, i.optimizer, i.scheduler, i.scaler, self.state, i.checkpoint_extra)
+            save_checkpoint(i.run_dir, i.method, i.optimizer, i.scheduler, i.scaler, self.state, extra)
             if i.on_checkpoint is not None:
                 i.on_checkpoint()
         return i.run_dir / ckpt.LAST

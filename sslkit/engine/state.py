@@ -34,6 +34,7 @@ def save_checkpoint(run_dir: Path, method: SSLMethod, optimizer: Optimizer, sche
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": ckpt.rng_state(), "state": asdict(state),
     }, path, keep_previous=run_dir / ckpt.PREV)
+    ckpt.remove_stale_temps(run_dir)
     return path
 
 
