@@ -23,10 +23,16 @@ def bias_and_norm_rules(model: nn.Module, lr_scale: float) -> list[ParamRule]:
             for name, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
 
 
+def _check_non_negative(key: str, value: Any, paper: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"method.{key} must be a finite number >= 0, got {value!r}; the paper's is {paper}")
+
+
 @register_method("barlow_twins")
 class BarlowTwins(SSLMethod):
-    """One backbone + projector on both views; the loss drives the cross-correlation matrix of the two
-    batch-standardised embeddings to the identity (eq. 1-2, `sslkit.losses.barlow_twins_loss`).
+    """Backbone + projector on both views; the views' cross-correlation is driven to the identity (eq. 1-2).
+
+    The loss is `sslkit.losses.barlow_twins_loss` on the two embeddings, each standardised along the batch.
 
     Defaults (configs/method/barlow_twins.yaml, the paper's Sec. 4 and the official code): projector
     8192-8192-8192 (fc without bias, BN + ReLU on the hidden layers), λ = 5e-3, BYOL's views, LARS at
@@ -40,12 +46,8 @@ class BarlowTwins(SSLMethod):
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, lambd: float,
                  bias_lr_scale: float) -> None:
         super().__init__(backbone, feature_dim, head)
-        if isinstance(lambd, bool) or not (isinstance(lambd, (int, float)) and math.isfinite(lambd) and lambd >= 0):
-            raise ConfigError(f"method.lambd (λ of eq. 1) must be a finite number >= 0, got {lambd!r}; "
-                              f"the paper's is 5e-3")
-        if isinstance(bias_lr_scale, bool) or not (isinstance(bias_lr_scale, (int, float)) and math.isfinite(bias_lr_scale) and bias_lr_scale >= 0):
-            raise ConfigError(f"method.bias_lr_scale must be a finite number >= 0, got {bias_lr_scale!r}; "
-                              f"the paper's is 0.024 (= 0.0048 / 0.2), 1 gives biases the weights' rate")
+        _check_non_negative("lambd", lambd, "5e-3 (λ of eq. 1)")
+        _check_non_negative("bias_lr_scale", bias_lr_scale, "0.024 (= 0.0048 / 0.2; 1 gives biases the weights' rate)")
         self.lambd, self.bias_lr_scale = float(lambd), float(bias_lr_scale)
         self.projector = self.build_head()
 

@@ -16,9 +16,11 @@ from sslkit.registry import register_method
 
 @register_method("vicreg")
 class VICReg(SSLMethod):
-    """One backbone + expander on both views; eq. 6 (`sslkit.losses.vicreg_loss`): λ x the invariance
-    term s (eq. 5, mean squared distance), μ x the variance hinge v (eq. 1, each view's features' std
-    held above γ = 1) and ν x the covariance term c (eq. 3-4, off-diagonal covariances driven to 0).
+    """Backbone + expander on both views; variance, invariance and covariance terms of eq. 6 on them.
+
+    `sslkit.losses.vicreg_loss`: λ x the invariance term s (eq. 5, mean squared distance), μ x the
+    variance hinge v (eq. 1, each view's features' std held above γ = 1) and ν x the covariance term c
+    (eq. 3-4, off-diagonal covariances driven to 0).
 
     Defaults (configs/method/vicreg.yaml, the paper's Sec. 4.1 and the official code): expander
     8192-8192-8192 (BN + ReLU on the hidden layers), λ = μ = 25, ν = 1, BYOL's views, LARS at

@@ -248,7 +248,7 @@ def check_cli(method_name: str, tmp_path: Path, cli: Any) -> None:
         res = cli("train", f"method={method_name}", "data.subset=64", "data.batch_size=16", *small, f"out={run}")
         assert res.returncode == 0, res.stderr[-3000:]
         saved = ckpt.load(run)
-        assert saved["state"]["step"] == 2 and saved["config"]["views"] == "byol"
+        assert saved["state"]["step"] == 2 and ckpt.config_of(saved).views == "byol"
         res = cli("eval", "knn", f"checkpoint={run}", "eval.train_subset=200", "eval.test_subset=100")
         assert res.returncode == 0, res.stderr[-3000:]
         assert res.stdout.strip().splitlines()[-1].startswith("knn top1="), res.stdout
