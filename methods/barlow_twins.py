@@ -16,10 +16,11 @@ from sslkit.registry import register_method
 
 
 def bias_and_norm_rules(model: nn.Module, lr_scale: float) -> list[ParamRule]:
-    """One rule per 1-d parameter (biases, norm scales and shifts): `lr_scale` x the scheduled rate and no
-    weight decay. ParamRule matches by name prefix, so each such parameter is named in full (the official
-    code's second parameter group, `param_biases`, selected by `p.ndim == 1`)."""
-    return [ParamRule(name, lr_scale=lr_scale, weight_decay=False)
+    """One rule per 1-d parameter (biases, norm scales and shifts): `lr_scale` x the scheduled rate (the
+    official code's second parameter group, `param_biases`, selected by `p.ndim == 1`). ParamRule matches
+    by name prefix, so each such parameter is named in full. Their exclusion from weight decay and LARS
+    adaptation stays the optimizer's (`optim.exclude_bias_and_norm`, true for LARS)."""
+    return [ParamRule(name, lr_scale=lr_scale)
             for name, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
 
 
@@ -66,6 +67,6 @@ class BarlowTwins(SSLMethod):
         return StepOutput(loss, {"loss": loss.detach(), "z_std": std})
 
     def param_rules(self) -> Sequence[ParamRule]:
-        """Biases and norm parameters at `bias_lr_scale` x the rate, without weight decay (Sec. 4:
-        0.0048 against 0.2); none at scale 1 (their exclusion from decay is then the optimizer's default)."""
+        """Biases and norm parameters at `bias_lr_scale` x the rate (Sec. 4: 0.0048 against 0.2); no rule
+        at scale 1."""
         return bias_and_norm_rules(self, self.bias_lr_scale) if self.bias_lr_scale != 1.0 else ()

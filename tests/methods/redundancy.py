@@ -264,3 +264,22 @@ def check_cli(method_name: str, tmp_path: Path, cli: Any) -> None:
     assert ckpt.load(run)["state"]["step"] == 2
     if not FASHION.exists():
         pytest.skip("Fashion-MNIST not installed (make data): only the ImageFolder run was checked")
+
+
+def check_loss_in_fp32(method: SSLMethod, loss_fn: Any) -> None:
+    """Under bf16 autocast the method's loss is `loss_fn` on its (bf16) embeddings cast to fp32, computed
+    with autocast off: no bf16 matmul in the cross-correlation or covariance."""
+    seen: list[torch.Tensor] = []
+    embed = method.embed  # type: ignore[attr-defined]
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        seen.append(embed(x))
+        return seen[-1]
+
+    method.embed = recording  # type: ignore[attr-defined]
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(list(torch.rand(2, 32, 3, 8, 8)))
+    assert out.loss.dtype == torch.float32 and seen[0].dtype == torch.bfloat16
+    expected = loss_fn(seen[0].detach().float(), seen[1].detach().float())
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-6, atol=1e-6)

@@ -13,8 +13,10 @@ from lightly.loss import BarlowTwinsLoss
 from torch import nn
 
 from sslkit.build import build_method, method_defaults
-from sslkit.config import compose
+from sslkit.config import as_dict, compose
+from sslkit.engine.optim import build_optimizer
 from sslkit.errors import ConfigError, one_line
+from sslkit.losses.barlow_twins import barlow_twins_loss
 from sslkit.methods.barlow_twins import BarlowTwins
 from tests.conftest import TinyEncoder
 from tests.methods import redundancy as rr
@@ -62,10 +64,7 @@ def test_loss_equals_lightly_and_the_official_formula_by_value_and_gradient(lamb
 def test_the_loss_is_computed_in_fp32_under_bf16_autocast():
     torch.manual_seed(0)
     method = BarlowTwins(TinyEncoder(8), 8, HEAD, **method_defaults("barlow_twins"))
-    x = torch.rand(2, 16, 3, 8, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = method(list(x))
-    assert out.loss.dtype == torch.float32
+    rr.check_loss_in_fp32(method, lambda a, b: barlow_twins_loss(a, b))
 
 
 def test_the_projector_is_the_papers_three_layers_without_bias():
@@ -119,3 +118,14 @@ def test_bad_parameters_are_one_line_errors(change, message):
 @pytest.mark.slow
 def test_cli_trains_on_fashion_mnist_and_an_imagefolder_and_knn_scores_it(tmp_path, cli):
     rr.check_cli("barlow_twins", tmp_path, cli)
+
+
+def test_biases_keep_their_rate_when_the_optimizer_decays_them():
+    """An optimizer told to decay and adapt biases too (`exclude_bias_and_norm` false) does so; their rate
+    stays 0.024 x the weights'."""
+    method, cfg = rr.small_method("barlow_twins")
+    optim = {**as_dict(cfg.optim), "exclude_bias_and_norm": False}
+    opt = build_optimizer(method, optim, 256, method.param_rules())
+    for g in opt.param_groups:
+        assert g["weight_decay"] == pytest.approx(1.5e-6) and not g["lars_exclude"]
+        assert g["lr"] == pytest.approx(0.2 * (0.024 if g["params"][0].ndim <= 1 else 1.0))
