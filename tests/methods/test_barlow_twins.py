@@ -129,3 +129,10 @@ def test_biases_keep_their_rate_when_the_optimizer_decays_them():
     for g in opt.param_groups:
         assert g["weight_decay"] == pytest.approx(1.5e-6) and not g["lars_exclude"]
         assert g["lr"] == pytest.approx(0.2 * (0.024 if g["params"][0].ndim <= 1 else 1.0))
+
+
+def test_other_than_two_views_is_a_one_line_error():
+    """views=dino (2 global + 8 local crops) reaches the first step as one line: `sslkit: error: ...`, exit 2."""
+    method = BarlowTwins(TinyEncoder(8), 8, HEAD, **method_defaults("barlow_twins"))
+    with pytest.raises(ConfigError, match="takes 2 views per step, got 3; use views=byol"):
+        method([torch.rand(4, 3, 8, 8)] * 3)

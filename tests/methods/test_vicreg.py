@@ -130,3 +130,10 @@ def test_all_weights_zero_is_an_error():
 @pytest.mark.slow
 def test_cli_trains_on_fashion_mnist_and_an_imagefolder_and_knn_scores_it(tmp_path, cli):
     rr.check_cli("vicreg", tmp_path, cli)
+
+
+def test_other_than_two_views_is_a_one_line_error():
+    """views=dino (2 global + 8 local crops) reaches the first step as one line: `sslkit: error: ...`, exit 2."""
+    method = VICReg(TinyEncoder(8), 8, HEAD, **method_defaults("vicreg"))
+    with pytest.raises(ConfigError, match="takes 2 views per step, got 3; use views=byol"):
+        method([torch.rand(4, 3, 8, 8)] * 3)
