@@ -36,6 +36,21 @@ def leaf_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+#: config keys (and group choices) whose value names code through a registry (sslkit/registry.py)
+NAME_KEYS = ("method", "method.name")
+
+
+def trust_command_line(overrides: list[str]) -> None:
+    """Mark the `module:Class` values of NAME_KEYS in `overrides` (the user's command line) as the user's:
+    the only specs the registry imports (a name read from a file never passes through here)."""
+    from sslkit.registry import is_spec, trust_spec
+
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key.lstrip("+") in NAME_KEYS and is_spec(value.strip("'\"")):
+            trust_spec(value.strip("'\""))
+
+
 def _check_group(group: str, value: str, extra: list[str]) -> None:
     options = [o for o in group_options(group) if o != CUSTOM_METHOD]
     if value not in options and value not in extra:
@@ -118,8 +133,11 @@ def _check_types(base: DictConfig, cfg: DictConfig, prefix: str = "") -> None:
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), extra: list[str] | None = None) -> DictConfig:
-    """Compose `configs/config.yaml` with `overrides`, validated, and resolve interpolations."""
+    """Compose `configs/config.yaml` with `overrides`, validated, and resolve interpolations.
+
+    `overrides` and `extra` are the user's command line (or sslkit's own): never names read from a file."""
     overrides = list(extra or []) + list(overrides)
+    trust_command_line(overrides)
     groups, keys = _rewrite(overrides)
     GlobalHydra.instance().clear()
     try:

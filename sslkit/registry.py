@@ -1,11 +1,18 @@
-"""The method registry: a decorator, the `sslkit.methods` entry-point group, and `module:Class`."""
+"""The method registry: a decorator, the `sslkit.methods` entry-point group, and `module:Class`.
+
+The trust rule (docs/security.md), for every registry: a name read from a file (a checkpoint's
+config, config.yaml) can only pick a registered name or an installed entry point. A
+`package.module:Class` spec imports code, so it is honoured only when the user typed it on the
+command line (`trust_spec`, called by `sslkit.config.trust_command_line`); any other spec is a
+one-line ConfigError raised before anything is imported (`import_spec`).
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sslkit.errors import ConfigError, suggestion
 
@@ -15,6 +22,40 @@ if TYPE_CHECKING:
 _T = TypeVar("_T", bound=type)
 _METHODS: dict[str, type[ContrastiveMethod]] = {}
 ENTRY_POINT_GROUP = "sslkit.methods"
+#: the `module:Class` specs the user typed on this process's command line: the only ones imported
+_USER_SPECS: set[str] = set()
+
+
+def is_spec(name: str) -> bool:
+    """True for a `package.module:Attr` spec, the one form of name that imports code."""
+    return ":" in name
+
+
+def trust_spec(spec: str) -> None:
+    """Record that the user typed `spec` on the command line (never call it with a name from a file)."""
+    _USER_SPECS.add(spec)
+
+
+def import_spec(kind: str, spec: str, known: Iterable[str], trusted: bool = False, key: str = "") -> Any:
+    """The object `package.module:Attr` names, for a registry of `kind`s whose registered names are `known`
+    and whose config key is `key` (default `<kind>.name`).
+
+    Imported only when `trusted` or typed on the command line (`trust_spec`); otherwise a one-line
+    ConfigError, before any import: a checkpoint or config.yaml never chooses code."""
+    if not (trusted or spec in _USER_SPECS):
+        raise ConfigError(
+            f"{kind} '{spec}' comes from a file (a checkpoint or config.yaml), not from the command line: sslkit "
+            f"imports a module:Class {kind} only when you type it (to resume a run of your own plug-in, add "
+            f"{key or kind + '.name'}={spec}); a file may name a registered {kind}: {', '.join(sorted(known))}")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{kind} '{spec}': cannot import module '{module_name}' ({exc})") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ConfigError(f"{kind} '{spec}': module '{module_name}' has no attribute '{attr}'")
+    return obj
 
 
 def register_method(name: str) -> Callable[[_T], _T]:
@@ -48,24 +89,13 @@ def available_methods() -> dict[str, type[ContrastiveMethod]]:
     return dict(_METHODS)
 
 
-def _from_path(spec: str) -> type[ContrastiveMethod]:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"method '{spec}': cannot import module '{module_name}' ({exc})") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ConfigError(f"method '{spec}': module '{module_name}' has no attribute '{attr}'")
-    return cls
-
-
-def resolve_method(name: str) -> type[ContrastiveMethod]:
-    """The class for `name`: a registered name, an entry point, or `package.module:ClassName`."""
+def resolve_method(name: str, trusted: bool = False) -> type[ContrastiveMethod]:
+    """The class for `name`: a registered name, an entry point, or `package.module:ClassName` (that one
+    only when typed on the command line, or `trusted`: see `import_spec`)."""
     from sslkit.methods.base import ContrastiveMethod
 
-    if ":" in name:
-        cls = _from_path(name)
+    if is_spec(name):
+        cls = import_spec("method", name, available_methods(), trusted)
     else:
         methods = available_methods()
         if name not in methods:
