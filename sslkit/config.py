@@ -256,11 +256,46 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def load_yaml(path: Path) -> DictConfig:
-    """A config saved by `to_yaml`."""
-    cfg = OmegaConf.load(path)
-    assert isinstance(cfg, DictConfig)
+#: a saved config is a few KB; a file config larger than this is refused before it is parsed
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def config_from_text(text: Any, source: str) -> DictConfig:
+    """A config read from a file (a checkpoint's config, a run's config.yaml) as `to_yaml` writes it:
+    plain YAML data. Tags (`!!python/...`), anchors and aliases (the "billion laughs"), interpolations
+    (`${oc.env:...}`: sslkit saves configs resolved) and texts over MAX_CONFIG_BYTES are one-line
+    ConfigErrors naming `source`; nothing in the text is constructed but maps, lists and scalars."""
+    import yaml
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{source}: {why}; it is not a config that sslkit wrote")
+
+    if not isinstance(text, str):
+        raise bad(f"the config is a {type(text).__name__}, not YAML text")
+    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise bad(f"the config is over {MAX_CONFIG_BYTES >> 20} MiB")
+    if "${" in text:
+        raise bad("the config holds an interpolation (${...})")
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.TagToken | yaml.AnchorToken | yaml.AliasToken):
+                raise bad(f"the config holds a YAML {type(token).__name__[:-5].lower()} at line "
+                          f"{token.start_mark.line + 1}")
+        cfg = OmegaConf.create(text)
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError, RecursionError) as exc:
+        raise bad(f"unreadable YAML ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(cfg, DictConfig):
+        raise bad("the config is not a mapping")
     return cfg
+
+
+def load_yaml(path: Path) -> DictConfig:
+    """A config saved by `to_yaml` (a run's config.yaml), read as a file config (`config_from_text`)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
+    return config_from_text(text, str(path))
 
 
 def as_dict(node: Any) -> dict[str, Any]:

@@ -63,11 +63,25 @@ def save_atomic(obj: Any, path: Path, keep_previous: Path | None = None) -> None
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    """Write `text` to a new temporary file beside `path` (mkstemp: O_EXCL, so a planted symlink of that
+    name is never followed), then rename it over `path` (a link at `path` is replaced, not written through)."""
+    return write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    """`write_text_atomic` for bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -77,13 +91,21 @@ def write_json(record: dict[str, Any], path: Path) -> Path:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of `<run dir>/metrics.jsonl` (a torn last line is skipped)."""
+    """The records of `<run dir>/metrics.jsonl`: JSON objects whose `step` and `epoch`, when present, are
+    numbers. A torn line, bytes that are not UTF-8, a line nested past the parser's depth or any other
+    value is skipped."""
     path = Path(run_dir) / METRICS
     records = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(record, dict) and all(_is_number(record[k]) for k in ("step", "epoch") if k in record):
+                records.append(record)
     return records
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -31,11 +31,11 @@ from sslkit.engine.hardware import Machine, fit_to_machine
 from sslkit.engine.logger import NullLogger, RunLogger
 from sslkit.engine.loop import FitInputs, LoopSettings, MakeViews, fit
 from sslkit.engine.optim import build_optimizer
-from sslkit.engine.outputs import claim_run_dir, default_run_dir
+from sslkit.engine.outputs import check_links, claim_run_dir, default_run_dir
 from sslkit.engine.schedule import build_scheduler
 from sslkit.engine.state import TrainState, restore
 from sslkit.errors import ConfigError
-from sslkit.files import tensor_bytes
+from sslkit.files import tensor_bytes, write_text_atomic
 from sslkit.methods.base import ContrastiveMethod
 
 
@@ -153,8 +153,9 @@ def _prepare_run_dir(cfg: DictConfig, world: World, run_dir: Path, resumed: Trai
         seed_everything(int(cfg.seed) + 1000 * world.rank + 1 + resumed.step)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        check_links(run_dir)  # a resumed (perhaps downloaded) run dir: never write through a link out of it
         ckpt.check_free_space(run_dir, checkpoint_bytes(method))
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_text_atomic(to_yaml(cfg), run_dir / "config.yaml")
 
 
 def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) -> Path:

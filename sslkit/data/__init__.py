@@ -58,7 +58,7 @@ def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None)
         from sslkit.data.imagefolder import load_imagefolder
 
         ds = load_imagefolder(cfg.get("root"), split, int(cfg["image_size"]),
-                              float(cfg.get("max_bad_fraction", 0.01)))
+                              float(cfg.get("max_bad_fraction", 0.01)), str(cfg.get("symlinks") or "inside"))
     else:
         raise ConfigError(f"unknown dataset '{name}'; {suggestion(name, DATASETS)}")
     if subset is not None:

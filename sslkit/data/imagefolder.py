@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,32 +25,94 @@ from torchvision.transforms.v2 import functional as F
 from sslkit.data.base import Transform
 from sslkit.errors import DataError, one_line
 
-TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
-PIL_EXTENSIONS = (".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")  # torchvision.io cannot decode these
+TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# torchvision.io cannot decode these; a GIF's first frame only (decode_image gives every frame)
+PIL_EXTENSIONS = (".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 EXTENSIONS = TORCHVISION_EXTENSIONS + PIL_EXTENSIONS
 EVAL_FOLDERS = ("val", "test")
 
 
+SYMLINKS = ("inside", "follow")
+
+
+class _Tree:
+    """Walks data.root under its symlink rule (docs/security.md). `inside` (the default): a link is
+    followed only when its target lies inside data.root; links out of it are skipped and counted.
+    `follow`: every link is followed (a symlink farm you built yourself). Either way each directory
+    is walked once, so a link cycle cannot loop."""
+
+    def __init__(self, root: Path, symlinks: str = "inside") -> None:
+        if symlinks not in SYMLINKS:
+            raise DataError(f"data.symlinks={symlinks} is invalid; valid: {', '.join(SYMLINKS)}")
+        self.root = os.path.realpath(root)
+        self.follow = symlinks == "follow"
+        self.outside = 0
+
+    def allowed(self, path: str) -> bool:
+        """False for a symlink whose target lies outside data.root (counted), unless links are followed."""
+        if self.follow or not os.path.islink(path):
+            return True
+        real = os.path.realpath(path)
+        if real == self.root or real.startswith(self.root + os.sep):
+            return True
+        self.outside += 1
+        return False
+
+    def list_images(self, folder: Path) -> list[str]:
+        """Every image file under `folder`, recursively, sorted; hidden files and folders are skipped."""
+        found: list[str] = []
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a link back to a folder already walked: a cycle or a duplicate
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and self.allowed(os.path.join(dirpath, d))]
+            found += [os.path.join(dirpath, f) for f in filenames if not f.startswith(".")
+                      and f.lower().endswith(EXTENSIONS) and self.allowed(os.path.join(dirpath, f))]
+        return sorted(found)
+
+    def class_folders(self, folder: Path) -> list[str]:
+        """The sorted names of the (non-hidden) sub-folders of `folder`."""
+        return sorted(p.name for p in folder.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and self.allowed(str(p)))
+
+    def warn(self) -> None:
+        if self.outside:
+            print(f"sslkit: warning: skipped {self.outside} symlink{'s' if self.outside != 1 else ''} under "
+                  f"{self.root} that point outside it (data.symlinks=inside; data.symlinks=follow follows them)",
+                  file=sys.stderr, flush=True)
+
+
 def list_images(folder: Path) -> list[str]:
-    """Every image file under `folder`, recursively, sorted; hidden files and folders are skipped."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [os.path.join(dirpath, f) for f in filenames
-                  if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
-    return sorted(found)
+    """Every image file under `folder` (symlinks out of `folder` skipped; see `_Tree`)."""
+    return _Tree(folder).list_images(folder)
 
 
 def class_folders(folder: Path) -> list[str]:
     """The sorted names of the (non-hidden) sub-folders of `folder`."""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return _Tree(folder).class_folders(folder)
+
+
+def image_size_ok(path: str) -> None:
+    """A DataError for an image whose header claims more than PIL's MAX_IMAGE_PIXELS (a decompression
+    bomb: a few KB of PNG can claim 50000 x 50000 pixels), read from the header before any decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            width, height = im.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ValueError(f"{width} x {height} pixels is over PIL's MAX_IMAGE_PIXELS ({limit}): a decompression bomb?")
 
 
 def decode(path: str) -> Tensor:
     """The image at `path` as a uint8 (3, H, W) RGB tensor."""
     try:
+        image_size_ok(path)
         if path.lower().endswith(PIL_EXTENSIONS):
-            with Image.open(path) as im:
+            with Image.open(path) as im:  # the first frame of a GIF
                 img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
         else:
             img = decode_image(path, mode=ImageReadMode.RGB)
@@ -161,23 +224,24 @@ class ImageFolderDataset(Dataset):
         return out
 
 
-def _labeled(folder: Path, classes: list[str], train_dir: Path) -> tuple[list[str], list[int]]:
+def _labeled(tree: _Tree, folder: Path, classes: list[str], train_dir: Path) -> tuple[list[str], list[int]]:
     index = {c: i for i, c in enumerate(classes)}
     paths: list[str] = []
     labels: list[int] = []
-    for name in class_folders(folder):
+    for name in tree.class_folders(folder):
         if name not in index:
             raise DataError(f"class folder {folder / name} has no counterpart in {train_dir}; "
                             "the evaluation folder must use the training class names")
-        found = list_images(folder / name)
+        found = tree.list_images(folder / name)
         paths += found
         labels += [index[name]] * len(found)
     return paths, labels
 
 
 def load_imagefolder(root: str | None, split: str, image_size: int,
-                     max_bad_fraction: float = 0.01) -> ImageFolderDataset:
-    """`split` is "pretrain" (train/, else the flat folder), "train" (train/) or "test" (val/ or test/)."""
+                     max_bad_fraction: float = 0.01, symlinks: str = "inside") -> ImageFolderDataset:
+    """`split` is "pretrain" (train/, else the flat folder), "train" (train/) or "test" (val/ or test/);
+    `symlinks` is the rule for links under data.root (`_Tree`)."""
     if split not in ("pretrain", "train", "test"):
         raise ValueError(f"split must be 'pretrain', 'train' or 'test', got {split!r}")
     if not root:
@@ -186,9 +250,10 @@ def load_imagefolder(root: str | None, split: str, image_size: int,
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"image folder {base} does not exist (data.root)")
+    tree = _Tree(base, symlinks)
     train_dir = base / "train"
     if train_dir.is_dir():
-        classes = class_folders(train_dir)
+        classes = tree.class_folders(train_dir)
         if not classes:
             raise DataError(f"{train_dir} has no class folders; put the images in {train_dir}/<class>/")
         folder = train_dir
@@ -197,14 +262,15 @@ def load_imagefolder(root: str | None, split: str, image_size: int,
             if not evals:
                 raise DataError(f"{base} has train/ but no val/ (or test/) class folders for evaluation")
             folder = evals[0]
-        paths, labels = _labeled(folder, classes, train_dir)
+        paths, labels = _labeled(tree, folder, classes, train_dir)
     else:
         if split != "pretrain":
             raise DataError(f"{base} has no train/ folder: evaluation ({split} split) needs train/<class>/ "
                             "and val/<class>/ class folders; a flat folder of images is for pretraining only")
         folder, classes = base, []
-        paths = list_images(base)
+        paths = tree.list_images(base)
         labels = [-1] * len(paths)
+    tree.warn()
     if not paths:
         raise DataError(f"no images found under {folder} (looked for {', '.join(EXTENSIONS)})")
     return ImageFolderDataset(paths, torch.tensor(labels, dtype=torch.long), classes, image_size,

@@ -27,7 +27,7 @@ def _truncate_after(path: Path, step: int) -> None:
     def keep(line: str) -> bool:
         try:
             return int(json.loads(line).get("step", 0)) <= step
-        except (ValueError, AttributeError):  # a line cut off by a crash
+        except (ValueError, TypeError, AttributeError, RecursionError):  # a line cut off by a crash, or garbage
             return False
 
     kept = [line for line in lines if keep(line)]
