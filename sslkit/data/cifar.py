@@ -6,6 +6,7 @@ The archive helpers here (`search_dirs`, `find_folder`, `download_archive`) are 
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -140,10 +141,17 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+#: a CIFAR batch is 31 MB; a larger file is refused unread. The pickle is read from memory, so a length
+#: field that claims gigabytes cannot make the unpickler allocate them.
+MAX_PICKLE_BYTES = 512 << 20
+
+
 def _unpickle(path: Path) -> dict[bytes, Any]:
     try:
-        with open(path, "rb") as f:
-            obj = _ArrayUnpickler(f, encoding="bytes").load()
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise ValueError(f"{size} bytes, over {MAX_PICKLE_BYTES >> 20} MiB")
+        obj = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except Exception as exc:  # unpickling garbage can raise almost anything
         msg = f"{path} is not a valid CIFAR pickle ({one_line(exc)}); delete it and fetch it again"
         raise DataError(msg) from None

@@ -38,9 +38,10 @@ SOURCES: dict[str, dict[str, Any]] = {
 _DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-#: the largest IDX array read (4 GiB: 60k MNIST images are 47 MB): a header that claims more is refused
-#: before anything is allocated, and a .gz is decompressed in chunks, never past what its header claims
-MAX_IDX_BYTES = 4 << 30
+#: the largest IDX array read (2 GiB; Fashion-MNIST's 60k images are 47 MB, EMNIST's largest file 0.55 GB): a
+#: header that claims more is refused before anything is allocated, and a .gz is decompressed in chunks, never
+#: past what its header claims
+MAX_IDX_BYTES = 2 << 30
 _CHUNK = 16 << 20
 
 

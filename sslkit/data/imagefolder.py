@@ -38,15 +38,15 @@ SYMLINKS = ("inside", "follow")
 class _Tree:
     """Walks data.root under its symlink rule (docs/security.md). `inside` (the default): a link is
     followed only when its target lies inside data.root; links out of it are skipped and counted.
-    `follow`: every link is followed (a symlink farm you built yourself). Either way each directory
-    is walked once, so a link cycle cannot loop."""
+    `follow`: every link is followed (a symlink farm you built yourself). Either way a link back up
+    to a folder that holds it (a cycle) is not followed, and each directory is walked once per folder."""
 
     def __init__(self, root: Path, symlinks: str = "inside") -> None:
         if symlinks not in SYMLINKS:
             raise DataError(f"data.symlinks={symlinks} is invalid; valid: {', '.join(SYMLINKS)}")
         self.root = os.path.realpath(root)
         self.follow = symlinks == "follow"
-        self.outside = 0
+        self.outside: set[str] = set()
 
     def allowed(self, path: str) -> bool:
         """False for a symlink whose target lies outside data.root (counted), unless links are followed."""
@@ -55,7 +55,7 @@ class _Tree:
         real = os.path.realpath(path)
         if real == self.root or real.startswith(self.root + os.sep):
             return True
-        self.outside += 1
+        self.outside.add(path)
         return False
 
     def list_images(self, folder: Path) -> list[str]:
@@ -68,7 +68,8 @@ class _Tree:
                 dirnames[:] = []
                 continue
             seen.add(real)
-            dirnames[:] = [d for d in dirnames if not d.startswith(".") and self.allowed(os.path.join(dirpath, d))]
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and self.allowed(os.path.join(dirpath, d))
+                           and not _is_ancestor(os.path.realpath(os.path.join(dirpath, d)), real)]
             found += [os.path.join(dirpath, f) for f in filenames if not f.startswith(".")
                       and f.lower().endswith(EXTENSIONS) and self.allowed(os.path.join(dirpath, f))]
         return sorted(found)
@@ -80,9 +81,15 @@ class _Tree:
 
     def warn(self) -> None:
         if self.outside:
-            print(f"sslkit: warning: skipped {self.outside} symlink{'s' if self.outside != 1 else ''} under "
+            n = len(self.outside)
+            print(f"sslkit: warning: skipped {n} symlink{'s' if n != 1 else ''} under "
                   f"{self.root} that point outside it (data.symlinks=inside; data.symlinks=follow follows them)",
                   file=sys.stderr, flush=True)
+
+
+def _is_ancestor(target: str, here: str) -> bool:
+    """True when a link to `target` from the folder `here` leads back up: a cycle, never followed."""
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
 
 
 def list_images(folder: Path) -> list[str]:
