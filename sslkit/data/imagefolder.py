@@ -25,9 +25,11 @@ from torchvision.transforms.v2 import functional as F
 from sslkit.data.base import Transform
 from sslkit.errors import DataError, one_line
 
-TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-# torchvision.io cannot decode these; a GIF's first frame only (decode_image gives every frame)
-PIL_EXTENSIONS = (".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".webp")
+# PIL decodes these: torchvision.io cannot decode the last six; a GIF's first frame only (decode_image gives
+# every frame); PNG because torchvision's libpng path segfaults on some corrupt files (an 80-byte PNG found
+# by tests/security/test_fuzz_parsers.py; kept as tests/security/crash.png), where PIL raises
+PIL_EXTENSIONS = (".png", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 EXTENSIONS = TORCHVISION_EXTENSIONS + PIL_EXTENSIONS
 EVAL_FOLDERS = ("val", "test")
 
