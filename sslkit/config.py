@@ -36,8 +36,9 @@ def leaf_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-#: config keys (and group choices) whose value names code through a registry (sslkit/registry.py)
-NAME_KEYS = ("method", "method.name")
+#: config keys (and group choices) whose value can name code or a remote source: a registry's name
+#: (sslkit/registry.py), or a timm model name with a source prefix (`hf-hub:org/model` downloads a config)
+NAME_KEYS = ("method", "method.name", "backbone.timm_name")
 
 
 def trust_command_line(overrides: list[str]) -> None:
@@ -286,6 +287,21 @@ def config_from_text(text: Any, source: str) -> DictConfig:
         raise bad(f"unreadable YAML ({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(cfg, DictConfig):
         raise bad("the config is not a mapping")
+    return cfg
+
+
+def check_file_names(cfg: DictConfig, source: str) -> DictConfig:
+    """The names of a file config that every reader uses, under the trust rule (sslkit/registry.py): a
+    timm name with a source prefix (`hf-hub:`, `local-dir:`) reaches the network or another folder, so
+    a file may carry one only when the command line gives it too. (`method.name` is checked where a
+    method is built: eval, export and report never build one.)"""
+    from sslkit.registry import is_spec, is_trusted
+
+    name = OmegaConf.select(cfg, "backbone.timm_name", default=None)
+    if name is not None and is_spec(str(name)) and not is_trusted(str(name)):
+        raise ConfigError(f"{source} names the timm model '{name}', whose source prefix reaches outside sslkit "
+                          f"(a download or another folder); sslkit takes one only from the command line "
+                          f"(backbone.timm_name={name})")
     return cfg
 
 

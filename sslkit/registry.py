@@ -36,13 +36,18 @@ def trust_spec(spec: str) -> None:
     _USER_SPECS.add(spec)
 
 
+def is_trusted(spec: str) -> bool:
+    """True when the user typed `spec` on this process's command line."""
+    return spec in _USER_SPECS
+
+
 def import_spec(kind: str, spec: str, known: Iterable[str], trusted: bool = False, key: str = "") -> Any:
     """The object `package.module:Attr` names, for a registry of `kind`s whose registered names are `known`
     and whose config key is `key` (default `<kind>.name`).
 
     Imported only when `trusted` or typed on the command line (`trust_spec`); otherwise a one-line
     ConfigError, before any import: a checkpoint or config.yaml never chooses code."""
-    if not (trusted or spec in _USER_SPECS):
+    if not (trusted or is_trusted(spec)):
         raise ConfigError(
             f"{kind} '{spec}' comes from a file (a checkpoint or config.yaml), not from the command line: sslkit "
             f"imports a module:Class {kind} only when you type it (to resume a run of your own plug-in, add "

@@ -116,3 +116,35 @@ def test_voc_image_set_ids_stay_inside_their_folders(tmp_path):
     (voc / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n../../../../etc/passwd\n")
     with pytest.raises(DataError, match="points outside"):
         VOCDataset(str(tmp_path), "2007", "trainval", train=False)
+
+
+@pytest.mark.parametrize("member", ["../../escape.txt", "/tmp/abs-escape.txt", "link"])
+def test_a_downloaded_archive_cannot_write_outside_its_target(tmp_path, member):
+    """data.download=true extracts with tarfile's `data` filter: `..`, absolute names and links out are refused."""
+    import io
+    import tarfile
+
+    from sslkit.data.cifar import download_archive
+
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/ok.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+        if member == "link":
+            info = tarfile.TarInfo("cifar-10-batches-py/evil")
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info = tarfile.TarInfo(member)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    target = tmp_path / "deep" / "er" / "target"
+    if member.startswith("/"):  # the filter strips the leading slash: extracted inside, then discarded
+        download_archive(archive.as_uri(), "cifar-10-batches-py", target)
+        assert sorted(p.name for p in target.iterdir()) == ["cifar-10-batches-py"]
+    else:
+        with pytest.raises(DataError, match="could not download"):
+            download_archive(archive.as_uri(), "cifar-10-batches-py", target)
+        assert not (target / "cifar-10-batches-py").exists()
+    assert not (tmp_path / "deep" / "escape.txt").exists() and not Path("/tmp/abs-escape.txt").exists()

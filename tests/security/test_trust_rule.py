@@ -83,3 +83,15 @@ def test_resume_takes_a_files_spec_only_when_the_command_line_gives_it_again(plu
 def test_resume_takes_a_registered_name_from_a_file(tmp_path):
     cfg, _ = resume_config(str(_checkpoint(tmp_path, "simclr")), [])
     assert OmegaConf.select(cfg, "method.name") == "simclr"
+
+
+def test_a_files_timm_name_with_a_source_prefix_is_refused(tmp_path):
+    """`hf-hub:org/model` makes timm download a config even with pretrained=False: a file cannot ask for it."""
+    from sslkit.engine.checkpoint import config_of
+
+    cfg = compose(["backbone=timm", "backbone.timm_name=resnet10t"])
+    cfg.backbone.timm_name = "hf-hub:evil/model"
+    with pytest.raises(ConfigError, match="timm model 'hf-hub:evil/model'.*command line"):
+        config_of({"config": to_yaml(cfg)})
+    trust_command_line(["backbone.timm_name=hf-hub:evil/model"])
+    assert config_of({"config": to_yaml(cfg)}).backbone.timm_name == "hf-hub:evil/model"
