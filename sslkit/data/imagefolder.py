@@ -25,11 +25,8 @@ from torchvision.transforms.v2 import functional as F
 from sslkit.data.base import Transform
 from sslkit.errors import DataError, one_line
 
-TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".webp")
-# PIL decodes these: torchvision.io cannot decode the last six; a GIF's first frame only (decode_image gives
-# every frame); PNG because torchvision's libpng path segfaults on some corrupt files (an 80-byte PNG found
-# by tests/security/test_fuzz_parsers.py; kept as tests/security/crash.png), where PIL raises
-PIL_EXTENSIONS = (".png", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+PIL_EXTENSIONS = (".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")  # torchvision.io cannot decode these
 EXTENSIONS = TORCHVISION_EXTENSIONS + PIL_EXTENSIONS
 EVAL_FOLDERS = ("val", "test")
 
@@ -104,27 +101,35 @@ def class_folders(folder: Path) -> list[str]:
     return _Tree(folder).class_folders(folder)
 
 
-def image_size_ok(path: str) -> None:
-    """A DataError for an image whose header claims more than PIL's MAX_IMAGE_PIXELS (a decompression
-    bomb: a few KB of PNG can claim 50000 x 50000 pixels), read from the header before any decoding."""
+def image_size_ok(path: str) -> str:
+    """The format PIL reads in the header of `path` (JPEG, PNG, ...), or an error for an image whose header
+    claims more than PIL's MAX_IMAGE_PIXELS (a decompression bomb: a few KB of PNG can claim 50000 x 50000
+    pixels), before any decoding."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
             width, height = im.size
+            fmt = str(im.format)
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
         raise ValueError(f"{width} x {height} pixels is over PIL's MAX_IMAGE_PIXELS ({limit}): a decompression bomb?")
+    return fmt
+
+
+#: formats decoded by torchvision.io (faster); everything else by PIL. Chosen by the file's content, not its
+#: name: torchvision's decode_image segfaulted on an 80-byte corrupt PNG, also when it was named .jpg
+#: (found by tests/security/test_fuzz_parsers.py; kept as tests/security/crash.png), where PIL raises.
+TORCHVISION_FORMATS = ("JPEG", "WEBP")
 
 
 def decode(path: str) -> Tensor:
-    """The image at `path` as a uint8 (3, H, W) RGB tensor."""
+    """The image at `path` as a uint8 (3, H, W) RGB tensor (a GIF's first frame)."""
     try:
-        image_size_ok(path)
-        if path.lower().endswith(PIL_EXTENSIONS):
-            with Image.open(path) as im:  # the first frame of a GIF
-                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
-        else:
+        if image_size_ok(path) in TORCHVISION_FORMATS:
             img = decode_image(path, mode=ImageReadMode.RGB)
+        else:
+            with Image.open(path) as im:
+                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
     except Exception as exc:  # torchvision raises RuntimeError, PIL a zoo of its own
         raise DataError(f"cannot decode image {path}: {one_line(exc)}") from None
     if img.dtype != torch.uint8:  # 16-bit PNGs

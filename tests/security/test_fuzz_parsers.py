@@ -419,8 +419,13 @@ def test_a_cache_file_of_the_wrong_shape_is_recomputed(tmp_path, capsys):
     assert "recomputing the damaged feature cache" in capsys.readouterr().err
 
 
-def test_the_png_that_crashed_torchvision_is_a_one_line_error():
+def test_the_png_that_crashed_torchvision_is_a_one_line_error(tmp_path):
     """An 80-byte corrupt PNG (found by test_images_slow) on which torchvision.io.decode_image segfaulted
     the process; PNGs are decoded by PIL, which raises."""
+    crash = Path(__file__).with_name("crash.png")
     with pytest.raises(DataError, match="cannot decode image"):
-        decode(str(Path(__file__).with_name("crash.png")))
+        decode(str(crash))
+    as_jpg = tmp_path / "crash.jpg"  # decode_image sniffs the content: the name must not pick the decoder
+    as_jpg.write_bytes(crash.read_bytes())
+    with pytest.raises(DataError, match="cannot decode image"):
+        decode(str(as_jpg))
