@@ -167,7 +167,7 @@ def read_batch(path: Path, labels_key: bytes, num_classes: int) -> tuple[np.ndar
     try:
         data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[labels_key], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # a mutated label can be a huge int
         raise DataError(f"{path} is not a valid CIFAR batch (missing or bad {one_line(exc)}); "
                         "delete it and fetch it again") from None
     if data.ndim != 2 or data.shape[1] != _PIXELS or data.dtype != np.uint8 or labels.shape != (len(data),):
