@@ -282,11 +282,12 @@ def config_from_text(text: Any, source: str) -> DictConfig:
             if isinstance(token, yaml.TagToken | yaml.AnchorToken | yaml.AliasToken):
                 raise bad(f"the config holds a YAML {type(token).__name__[:-5].lower()} at line "
                           f"{token.start_mark.line + 1}")
-        cfg = OmegaConf.create(text)
+        data = yaml.safe_load(text)
+        if data is not None and not isinstance(data, dict):
+            raise bad(f"the config is a {type(data).__name__}, not a mapping")
+        cfg = OmegaConf.create(data or {})
     except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError, RecursionError) as exc:
         raise bad(f"unreadable YAML ({' '.join(str(exc).split())[:200]})") from None
-    if not isinstance(cfg, DictConfig):
-        raise bad("the config is not a mapping")
     return cfg
 
 

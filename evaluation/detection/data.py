@@ -149,7 +149,7 @@ def voc_target(annotation: Mapping[str, Any], classes: Sequence[str] = VOC_CLASS
         for obj in objects if isinstance(objects, list) else [objects]:
             name = str(obj["name"]).strip()
             if name not in classes:
-                raise DataError(f"VOC object class '{name[:80]}' is not one of the 20 VOC classes")
+                raise DataError(f"VOC object class {name[:80]!r} is not one of the 20 VOC classes")
             b = obj["bndbox"]
             box = [float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"])]
             if not all(np.isfinite(box)):

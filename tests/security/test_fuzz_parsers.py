@@ -22,7 +22,7 @@ from sslkit.config import compose, config_from_text, to_yaml
 from sslkit.data import cifar, idx, stl10
 from sslkit.data.imagefolder import ImageFolderDataset, decode
 from sslkit.engine import checkpoint as ckpt
-from sslkit.errors import DataError
+from sslkit.errors import ConfigError, DataError
 from sslkit.evaluation.detection.data import CocoDataset, read_voc_xml, voc_target
 from sslkit.evaluation.features import check_cached
 from sslkit.files import read_metrics, save_atomic
@@ -439,3 +439,18 @@ def test_a_cifar_label_too_large_for_int64_is_one_line(tmp_path):
     path.write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [2**70]}, protocol=2))
     with pytest.raises(DataError, match="not a valid CIFAR batch"):
         cifar.read_batch(path, b"labels", 10)
+
+
+def test_cases_the_slow_run_found(tmp_path):
+    """Each was a traceback or an unbounded allocation before its fix (docs/security.md)."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"B\x00\x00\x00\x04")  # BINBYTES claiming 64 MiB in a 5-byte file
+    with peak_memory(8), pytest.raises(DataError, match="not a valid CIFAR pickle"):
+        cifar.read_batch(path, b"labels", 10)
+    with pytest.raises(ConfigError, match="is a int, not a mapping"):
+        config_from_text("0", "fuzz")  # OmegaConf.create("0") raised a bare AssertionError
+    xml = tmp_path / "1.xml"
+    xml.write_text(VOC.format(name="0\n0", difficult=0, x=1))
+    with pytest.raises(DataError) as caught:
+        voc_target(read_voc_xml(xml))
+    assert "\n" not in str(caught.value)
