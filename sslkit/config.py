@@ -267,6 +267,7 @@ def config_from_text(text: Any, source: str) -> DictConfig:
     (`${oc.env:...}`: sslkit saves configs resolved) and texts over MAX_CONFIG_BYTES are one-line
     ConfigErrors naming `source`; nothing in the text is constructed but maps, lists and scalars."""
     import yaml
+    from omegaconf._utils import get_yaml_loader
 
     def bad(why: str) -> ConfigError:
         return ConfigError(f"{source}: {why}; it is not a config that sslkit wrote")
@@ -282,7 +283,7 @@ def config_from_text(text: Any, source: str) -> DictConfig:
             if isinstance(token, yaml.TagToken | yaml.AnchorToken | yaml.AliasToken):
                 raise bad(f"the config holds a YAML {type(token).__name__[:-5].lower()} at line "
                           f"{token.start_mark.line + 1}")
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=get_yaml_loader())  # OmegaConf's SafeLoader (it reads 1e-3 as a float)
         if data is not None and not isinstance(data, dict):
             raise bad(f"the config is a {type(data).__name__}, not a mapping")
         cfg = OmegaConf.create(data or {})

@@ -454,3 +454,14 @@ def test_cases_the_slow_run_found(tmp_path):
     with pytest.raises(DataError) as caught:
         voc_target(read_voc_xml(xml))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("method", ["mocov1", "mocov2", "simclr"])
+def test_a_config_sslkit_wrote_reads_back_unchanged(method):
+    """The restrictions take nothing from a real config: every value comes back with its type (1e-3 a float)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose([f"method={method}", "optim.weight_decay=1e-3"])
+    back = config_from_text(to_yaml(cfg), "test")
+    assert OmegaConf.to_container(back) == OmegaConf.to_container(cfg)
+    assert back.optim.weight_decay == 1e-3
