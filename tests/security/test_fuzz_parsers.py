@@ -48,8 +48,9 @@ def check_idx(tmp_path_factory, head, body, gz):
     path = _idx_file(tmp_path_factory.mktemp("idx"), dtype, ndim, dims, body, gz)
     with peak_memory(48):  # one read chunk (16 MB) at most, whatever the header claims
         arr = user_error_or(lambda: idx.read_idx(path))
-    if arr is not None:
-        assert arr.shape == tuple(dims[:ndim]) and arr.nbytes == len(body)
+    if arr is not None:  # the header's dims are the first 4 * ndim bytes after the magic, whatever `dims` held
+        rest = b"".join(struct.pack(">I", d) for d in dims) + body
+        assert arr.shape == struct.unpack(f">{ndim}I", rest[:4 * ndim]) and arr.nbytes == len(rest) - 4 * ndim
 
 
 test_idx_headers, test_idx_headers_slow = fuzz(header, st.binary(max_size=300), st.booleans())(check_idx)
@@ -187,8 +188,9 @@ def check_image(tmp_path_factory, suffix, data, flips):
     path.write_bytes(bytes(data))
     from PIL import Image
 
-    # a header may claim up to MAX_IMAGE_PIXELS (89.5 M) pixels and decode (a GIF of garbage does): the bound
-    with peak_memory(3 * Image.MAX_IMAGE_PIXELS / 2**20 + 16):
+    # a header may claim up to MAX_IMAGE_PIXELS (89.5 M) pixels and decode: RGB bytes from PIL and their numpy
+    # copy, 2 x 3 bytes a pixel, are the bound (about 512 MiB)
+    with peak_memory(6 * Image.MAX_IMAGE_PIXELS / 2**20 + 16):
         img = user_error_or(lambda: decode(str(path)))
     assert img is None or (img.ndim == 3 and img.shape[0] == 3 and img.dtype == torch.uint8)
 
