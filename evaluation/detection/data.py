@@ -165,13 +165,16 @@ def voc_target(annotation: Mapping[str, Any], classes: Sequence[str] = VOC_CLASS
 def open_image(path: Path) -> Any:
     """A PIL RGB image, or a one-line DataError: unreadable, or a header over PIL's MAX_IMAGE_PIXELS
     (a decompression bomb, checked before decoding: sslkit.data.imagefolder.image_size_ok)."""
+    import io
+
     from PIL import Image
 
-    from sslkit.data.imagefolder import image_size_ok
+    from sslkit.data.imagefolder import image_size_ok, read_image_file
 
     try:
-        image_size_ok(str(path))
-        with Image.open(path) as im:
+        data = read_image_file(str(path))
+        image_size_ok(io.BytesIO(data))
+        with Image.open(io.BytesIO(data)) as im:
             return im.convert("RGB")
     except Exception as exc:  # PIL raises a zoo of errors on hostile files
         raise DataError(f"cannot read image {path}: {one_line(exc)}") from None

@@ -8,6 +8,7 @@ A folder without train/ is a flat (possibly nested) set of unlabeled images, for
 from __future__ import annotations
 
 import copy
+import io
 import os
 import sys
 import warnings
@@ -101,7 +102,19 @@ def class_folders(folder: Path) -> list[str]:
     return _Tree(folder).class_folders(folder)
 
 
-def image_size_ok(path: str) -> str:
+#: an image file larger than this is refused unread (a 24-megapixel JPEG is about 10 MB)
+MAX_IMAGE_FILE_BYTES = 256 << 20
+
+
+def read_image_file(path: str) -> bytes:
+    size = os.path.getsize(path)
+    if size > MAX_IMAGE_FILE_BYTES:
+        raise ValueError(f"{size} bytes, over {MAX_IMAGE_FILE_BYTES >> 20} MiB")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def image_size_ok(path: str | io.BytesIO) -> str:
     """The format PIL reads in the header of `path` (JPEG, PNG, ...), or an error for an image whose header
     claims more than PIL's MAX_IMAGE_PIXELS (a decompression bomb: a few KB of PNG can claim 50000 x 50000
     pixels), before any decoding."""
@@ -123,12 +136,14 @@ TORCHVISION_FORMATS = ("JPEG", "WEBP")
 
 
 def decode(path: str) -> Tensor:
-    """The image at `path` as a uint8 (3, H, W) RGB tensor (a GIF's first frame)."""
+    """The image at `path` as a uint8 (3, H, W) RGB tensor (a GIF's first frame). The file is read once,
+    whole, and decoded from memory: a chunk length that claims gigabytes cannot make a reader allocate them."""
     try:
-        if image_size_ok(path) in TORCHVISION_FORMATS:
-            img = decode_image(path, mode=ImageReadMode.RGB)
+        data = read_image_file(path)
+        if image_size_ok(io.BytesIO(data)) in TORCHVISION_FORMATS:
+            img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         else:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
     except Exception as exc:  # torchvision raises RuntimeError, PIL a zoo of its own
         raise DataError(f"cannot decode image {path}: {one_line(exc)}") from None
