@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sslkit.data.base import num_images
-from sslkit.errors import DataError
+from sslkit.errors import DataError, one_line
 from sslkit.files import remove_stale_temps, save_atomic
 
 CACHE_VERSION = 2  # 2: subsets are stratified and seeded (were the first N)
@@ -131,6 +132,23 @@ def cache_key(kind: str, split: str, subset: int | None, data: Mapping[str, Any]
     return f"{kind}-{split}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
+def check_cached(blob: Any) -> tuple[Tensor, Tensor, int]:
+    """A cache file's (feats, labels, num_classes), or ValueError unless it has the shape `load_features`
+    writes: N x D floating features, N int64 labels in -1..C-1, C a positive int."""
+    if not isinstance(blob, dict):
+        raise ValueError(f"a {type(blob).__name__}, not a dict")
+    feats, labels, num_classes = blob.get("feats"), blob.get("labels"), blob.get("num_classes")
+    if not (isinstance(feats, Tensor) and feats.ndim == 2 and feats.is_floating_point()):
+        raise ValueError("feats is not an N x D float tensor")
+    if not (isinstance(labels, Tensor) and labels.dtype == torch.int64 and labels.shape == (len(feats),)):
+        raise ValueError("labels is not N int64 labels")
+    if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 0):
+        raise ValueError("num_classes is not a positive int")
+    if len(labels) and (int(labels.min()) < -1 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels outside -1..{num_classes - 1}")
+    return feats, labels, num_classes
+
+
 def load_features(kind: str, split: str, subset: int | None, data: Mapping[str, Any], *,
                   backbone: nn.Module | None = None, checkpoint: Path | None = None,
                   device: torch.device | None = None, batch_size: int = 512,
@@ -146,9 +164,11 @@ def load_features(kind: str, split: str, subset: int | None, data: Mapping[str, 
     if path is not None and path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            return Features(blob["feats"], blob["labels"], int(blob["num_classes"]),
-                            time.perf_counter() - start, cached=True, path=path)
-        except Exception:  # a damaged cache file is recomputed
+            feats, labels, num_classes = check_cached(blob)
+            return Features(feats, labels, num_classes, time.perf_counter() - start, cached=True, path=path)
+        except Exception as exc:  # a damaged or foreign cache file is recomputed, with one notice
+            print(f"sslkit: notice: recomputing the damaged feature cache {path} ({one_line(exc)})",
+                  file=sys.stderr, flush=True)
             path.unlink(missing_ok=True)
     from sslkit.data import build_dataset
 

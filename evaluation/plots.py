@@ -10,21 +10,26 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sslkit.files import read_metrics
+from sslkit.files import read_metrics, write_bytes_atomic
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
     """Render `fig` with Agg (no pyplot state) to the PNG `path`."""
+    import io
+
     FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    return write_bytes_atomic(buffer.getvalue(), path)  # never through a link planted at `path`
 
 
 
 def _series(records: Sequence[dict[str, Any]], key: str, x: str = "step") -> list[tuple[float, float]]:
     """(x, value) pairs of `key`, one per x (the last one wins: a resumed run re-logs its steps)."""
-    found = {r[x]: r[key] for r in records if isinstance(r.get(key), int | float) and x in r}
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    found = {r[x]: r[key] for r in records if number(r.get(key)) and number(r.get(x))}
     return sorted(found.items())
 
 

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sslkit.engine.outputs import check_links
 from sslkit.errors import CheckpointError
+from sslkit.files import write_text_atomic
 
 SKIP_DIRS = {"cache", "tb", "projector", "checkpoints"}  # feature caches, TensorBoard files
 MAX_LIST = 12  # list items shown in a cell before "... (N items)"
@@ -40,11 +42,27 @@ def run_directory(path: str) -> Path:
     return run
 
 
+#: a file larger than this is listed, not inlined (a run's JSON and PNGs are KBs to a few MB)
+MAX_INLINE_BYTES = 32 << 20
+
+
 def _files(run: Path, pattern: str) -> list[Path]:
-    return sorted(p for p in run.rglob(pattern) if not SKIP_DIRS & set(p.relative_to(run).parts[:-1]))
+    """The run's files matching `pattern`, outside SKIP_DIRS; a file (or a link) that resolves outside the
+    run directory is left out: a downloaded run cannot make the page inline ~/.ssh or /etc."""
+    root = run.resolve()
+    return sorted(p for p in run.rglob(pattern) if not SKIP_DIRS & set(p.relative_to(run).parts[:-1])
+                  and p.is_file() and p.resolve().is_relative_to(root))
+
+
+def _too_big(path: Path) -> str | None:
+    size = path.stat().st_size
+    return f"not inlined: {size} bytes, over {MAX_INLINE_BYTES >> 20} MiB" if size > MAX_INLINE_BYTES else None
 
 
 def _img(path: Path, caption: str) -> str:
+    big = _too_big(path)
+    if big:
+        return f"<p>{html.escape(caption)}: {big}</p>"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -119,11 +137,12 @@ def build_report(run: Path) -> tuple[str, dict[str, int]]:
     parts = [f"<h1>sslkit run: {html.escape(run.name)}</h1>",
              f'<p class="meta">{html.escape(str(run.resolve()))} · report written '
              f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}</p>"]
-    if (run / "metrics.jsonl").is_file():
+    check_links(run)  # the page, training.png: never written through a link out of the run directory
+    if run / "metrics.jsonl" in _files(run, "metrics.jsonl"):
         plot_training(run)  # fresh curves, also for runs trained before training.png existed
     pictures = 0
     parts.append("<h2>Training</h2>")
-    if (run / "training.png").is_file():
+    if run / "training.png" in _files(run, "training.png"):
         parts.append(_img(run / "training.png", "training curves (metrics.jsonl)"))
         pictures += 1
     else:
@@ -133,13 +152,16 @@ def build_report(run: Path) -> tuple[str, dict[str, int]]:
     if not evaluations:
         parts.append("<p>No evaluation results yet: run <code>sslkit eval knn checkpoint=…</code>.</p>")
     for path in evaluations:
+        title = f"<h3>{html.escape(str(path.relative_to(run)))}</h3>"
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            parts.append(f"<h3>{html.escape(str(path.relative_to(run)))}</h3><p>unreadable: "
-                         f"{html.escape(str(exc))}</p>")
+            big = _too_big(path)
+            if big:
+                raise ValueError(big)
+            table = json_tables(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested past the stack
+            parts.append(f"{title}<p>unreadable: {html.escape(' '.join(str(exc).split())[:300])}</p>")
             continue
-        parts.append(f"<h3>{html.escape(str(path.relative_to(run)))}</h3>{json_tables(data)}")
+        parts.append(title + table)
     others = [p for p in _files(run, "*.png") if p != run / "training.png"]
     parts.append("<h2>Pictures</h2>")
     if not others:
@@ -150,7 +172,9 @@ def build_report(run: Path) -> tuple[str, dict[str, int]]:
         pictures += 1
     config = run / "config.yaml"
     parts.append("<h2>Resolved config</h2>")
-    parts.append(f"<pre>{html.escape(config.read_text())}</pre>" if config.is_file() else "<p>No config.yaml.</p>")
+    shown = config in _files(run, "config.yaml") and not _too_big(config)
+    parts.append(f"<pre>{html.escape(config.read_text(encoding='utf-8', errors='replace'))}</pre>" if shown
+                 else "<p>No config.yaml.</p>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>sslkit report: {html.escape(run.name)}</title><style>{STYLE}</style></head>"
             f"<body>{''.join(parts)}</body></html>\n")
@@ -160,8 +184,5 @@ def build_report(run: Path) -> tuple[str, dict[str, int]]:
 def write_report(run: Path, out: Path | None = None) -> tuple[Path, dict[str, int]]:
     page, counts = build_report(run)
     path = out or run / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(page, path)  # a link planted at the path or its temporary name is never written through
     return path, counts

@@ -36,6 +36,22 @@ def leaf_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+#: config keys (and group choices) whose value can name code or a remote source: a registry's name
+#: (sslkit/registry.py), or a timm model name with a source prefix (`hf-hub:org/model` downloads a config)
+NAME_KEYS = ("method", "method.name", "backbone.timm_name")
+
+
+def trust_command_line(overrides: list[str]) -> None:
+    """Mark the `module:Class` values of NAME_KEYS in `overrides` (the user's command line) as the user's:
+    the only specs the registry imports (a name read from a file never passes through here)."""
+    from sslkit.registry import is_spec, trust_spec
+
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key.lstrip("+") in NAME_KEYS and is_spec(value.strip("'\"")):
+            trust_spec(value.strip("'\""))
+
+
 def _check_group(group: str, value: str, extra: list[str]) -> None:
     options = [o for o in group_options(group) if o != CUSTOM_METHOD]
     if value not in options and value not in extra:
@@ -124,11 +140,13 @@ def _check_types(base: DictConfig, cfg: DictConfig, prefix: str = "") -> None:
 def compose(overrides: list[str] | tuple[str, ...] = (), extra: list[str] | None = None) -> DictConfig:
     """Compose `configs/config.yaml` with `overrides`, validate it once and resolve it once: the
     config's own `auto`s and a plug-in method's defaults filled in, interpolations resolved. The
-    result is read-only (sslkit.plan.frozen): code below the app reads it and never rewrites it."""
+    result is read-only (sslkit.plan.frozen): code below the app reads it and never rewrites it.
+    `overrides` and `extra` are the user's command line (or sslkit's own): never names read from a file."""
     from sslkit.params import check_method_params, plugin_defaults
     from sslkit.plan import frozen
 
     overrides = list(extra or []) + list(overrides)
+    trust_command_line(overrides)
     groups, keys = _rewrite(overrides)
     GlobalHydra.instance().clear()
     try:
@@ -248,6 +266,56 @@ def warn_unused(command: str, overrides: list[str]) -> None:
 def to_yaml(cfg: DictConfig) -> str:
     """The fully resolved config as YAML."""
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+#: a saved config is a few KB; a file config larger than this is refused before it is parsed
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def config_from_text(text: Any, source: str) -> DictConfig:
+    """A config read from a file (a checkpoint's config, a run's config.yaml) as `to_yaml` writes it:
+    plain YAML data. Tags (`!!python/...`), anchors and aliases (the "billion laughs"), interpolations
+    (`${oc.env:...}`: sslkit saves configs resolved) and texts over MAX_CONFIG_BYTES are one-line
+    ConfigErrors naming `source`; nothing in the text is constructed but maps, lists and scalars."""
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{source}: {why}; it is not a config that sslkit wrote")
+
+    if not isinstance(text, str):
+        raise bad(f"the config is a {type(text).__name__}, not YAML text")
+    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise bad(f"the config is over {MAX_CONFIG_BYTES >> 20} MiB")
+    if "${" in text:
+        raise bad("the config holds an interpolation (${...})")
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.TagToken | yaml.AnchorToken | yaml.AliasToken):
+                raise bad(f"the config holds a YAML {type(token).__name__[:-5].lower()} at line "
+                          f"{token.start_mark.line + 1}")
+        data = yaml.load(text, Loader=get_yaml_loader())  # OmegaConf's SafeLoader (it reads 1e-3 as a float)
+        if data is not None and not isinstance(data, dict):
+            raise bad(f"the config is a {type(data).__name__}, not a mapping")
+        cfg = OmegaConf.create(data or {})
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError, RecursionError) as exc:
+        raise bad(f"unreadable YAML ({' '.join(str(exc).split())[:200]})") from None
+    return cfg
+
+
+def check_file_names(cfg: DictConfig, source: str) -> DictConfig:
+    """The names of a file config that every reader uses, under the trust rule (sslkit/registry.py): a
+    timm name with a source prefix (`hf-hub:`, `local-dir:`) reaches the network or another folder, so
+    a file may carry one only when the command line gives it too. (`method.name` is checked where a
+    method is built: eval, export and report never build one.)"""
+    from sslkit.registry import is_spec, is_trusted
+
+    name = OmegaConf.select(cfg, "backbone.timm_name", default=None)
+    if name is not None and is_spec(str(name)) and not is_trusted(str(name)):
+        raise ConfigError(f"{source} names the timm model '{name}', whose source prefix reaches outside sslkit "
+                          f"(a download or another folder); sslkit takes one only from the command line "
+                          f"(backbone.timm_name={name})")
+    return cfg
 
 
 def as_dict(node: Any) -> dict[str, Any]:

@@ -148,13 +148,19 @@ def save_atomic(obj: Any, path: Path, keep_previous: Path | None = None) -> None
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    """Write `text` to a fresh temporary file beside `path`, fsync it, rename it over `path` and fsync
-    the directory: a kill leaves the old text or the new, never a torn file."""
+    """Write `text` to a fresh temporary file beside `path` (mkstemp: O_EXCL, so a planted symlink of that
+    name is never followed), fsync it, rename it over `path` (a link at `path` is replaced, not written
+    through) and fsync the directory: a kill leaves the old text or the new, never a torn file."""
+    return write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    """`write_text_atomic` for bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -174,16 +180,21 @@ def write_json(record: dict[str, Any], path: Path) -> Path:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of `<run dir>/metrics.jsonl`. A line torn by a kill (cut anywhere, even inside a
-    character) or anything else that is not a JSON object is skipped."""
+    """The records of `<run dir>/metrics.jsonl`: JSON objects whose `step` and `epoch`, when present, are
+    numbers. A line torn by a kill (cut anywhere, even inside a character), bytes that are not UTF-8, a
+    line nested past the parser's depth or any other value is skipped."""
     path = Path(run_dir) / METRICS
     records = []
     if path.is_file():
         for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 continue
-            if isinstance(record, dict):
+            if isinstance(record, dict) and all(_is_number(record[k]) for k in ("step", "epoch") if k in record):
                 records.append(record)
     return records
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

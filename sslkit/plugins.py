@@ -105,14 +105,19 @@ class Registry(Generic[T]):
                 self._load_entry_point(name)
         return dict(self._items)
 
-    def get(self, name: str, allow_import: bool = True) -> T:
-        """The plug-in called `name`, or `package.module:Name` when `allow_import` (a name typed on
-        the command line; never one read from a file). An unknown name is a one-line ConfigError
-        with the closest valid names."""
+    def get(self, name: str, allow_import: bool | None = None) -> T:
+        """The plug-in called `name`, or `package.module:Name` when `allow_import` is True, or, by default
+        (None), when the user typed that spec on this process's command line (`trust_spec`): a name
+        read from a file never chooses code (docs/security.md). An unknown name is a one-line
+        ConfigError with the closest valid names."""
         if ":" in name:
-            if not allow_import:
-                raise ConfigError(f"{self.kind} '{name}' comes from a file and names code to import; only "
-                                  f"registered {self.kind}s are accepted there: {', '.join(self.names())}")
+            if not (allow_import or (allow_import is None and is_trusted(name))):
+                key = "data.name" if self.kind == "dataset" else f"{self.kind}.name"
+                raise ConfigError(
+                    f"{self.kind} '{name}' comes from a file (a checkpoint or config.yaml), not from the command "
+                    f"line: sslkit imports a module:Class {self.kind} only when you type it (to resume a run of "
+                    f"your own plug-in, add {key}={name}); a file may name a registered {self.kind}: "
+                    f"{', '.join(self.names())}")
             return self._checked(name, _from_path(self.kind, name))
         self._load_builtins()
         if name in self._items:
@@ -127,6 +132,25 @@ class Registry(Generic[T]):
     def refresh(self) -> None:
         """Forget the entry-point scan (a test that installs a distribution in-process)."""
         self._entry_points = None
+
+
+#: the `module:Class` specs the user typed on this process's command line: the only ones imported
+_USER_SPECS: set[str] = set()
+
+
+def is_spec(name: str) -> bool:
+    """True for a `package.module:Attr` spec, the one form of name that imports code."""
+    return ":" in name
+
+
+def trust_spec(spec: str) -> None:
+    """Record that the user typed `spec` on the command line (never call it with a name from a file)."""
+    _USER_SPECS.add(spec)
+
+
+def is_trusted(spec: str) -> bool:
+    """True when the user typed `spec` on this process's command line."""
+    return spec in _USER_SPECS
 
 
 def _from_path(kind: str, spec: str) -> object:

@@ -1,19 +1,50 @@
 """The method registry: `@register_method("name")`, the `sslkit.methods` entry-point group, and
-`package.module:Class` (sslkit.plugins.Registry, as datasets and backbones)."""
+`package.module:Class` (sslkit.plugins.Registry, as datasets and backbones).
+
+The trust rule (docs/security.md), for every registry: a name read from a file (a checkpoint's
+config, config.yaml) can only pick a registered name or an installed entry point. A
+`package.module:Class` spec imports code, so it is honoured only when the user typed it on the
+command line (`trust_spec`, called by `sslkit.config.trust_command_line`); any other spec is a
+one-line ConfigError raised before anything is imported (`sslkit.plugins.Registry.get`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+import importlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sslkit.errors import ConfigError
-from sslkit.plugins import Registry
+from sslkit.plugins import Registry, is_spec, is_trusted, trust_spec
+
+__all__ = ["METHODS", "register_method", "available_methods", "resolve_method", "is_resolvable", "is_spec",
+           "is_trusted", "trust_spec"]
 
 if TYPE_CHECKING:
     from sslkit.methods.base import SSLMethod
 
 _T = TypeVar("_T", bound=type)
 ENTRY_POINT_GROUP = "sslkit.methods"
+def import_spec(kind: str, spec: str, known: Iterable[str], trusted: bool = False, key: str = "") -> Any:
+    """The object `package.module:Attr` names, for a registry of `kind`s whose registered names are `known`
+    and whose config key is `key` (default `<kind>.name`).
+
+    Imported only when `trusted` or typed on the command line (`trust_spec`); otherwise a one-line
+    ConfigError, before any import: a checkpoint or config.yaml never chooses code."""
+    if not (trusted or is_trusted(spec)):
+        raise ConfigError(
+            f"{kind} '{spec}' comes from a file (a checkpoint or config.yaml), not from the command line: sslkit "
+            f"imports a module:Class {kind} only when you type it (to resume a run of your own plug-in, add "
+            f"{key or kind + '.name'}={spec}); a file may name a registered {kind}: {', '.join(sorted(known))}")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{kind} '{spec}': cannot import module '{module_name}' ({exc})") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ConfigError(f"{kind} '{spec}': module '{module_name}' has no attribute '{attr}'")
+    return obj
 
 
 def _is_method(name: str, cls: object) -> type[SSLMethod]:
@@ -40,10 +71,10 @@ def available_methods() -> dict[str, type[SSLMethod]]:
     return METHODS.all()
 
 
-def resolve_method(name: str, allow_import: bool = True) -> type[SSLMethod]:
-    """The class for `name`: a registered name, an entry point, or `package.module:ClassName`
-    (only where `allow_import`: a name from the command line, not from a file)."""
-    return METHODS.get(name, allow_import)
+def resolve_method(name: str, trusted: bool = False) -> type[SSLMethod]:
+    """The class for `name`: a registered name, an entry point, or `package.module:ClassName` (that one
+    only when typed on the command line, or `trusted`: see `sslkit.plugins.Registry.get`)."""
+    return METHODS.get(name, True if trusted else None)
 
 
 def is_resolvable(name: str) -> bool:

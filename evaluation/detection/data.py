@@ -15,7 +15,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from sslkit.errors import ConfigError, DataError
+from sslkit.errors import ConfigError, DataError, one_line
 
 Sample = tuple[Tensor, dict[str, Tensor]]
 DATASETS = ("mosaic", "voc", "coco")
@@ -116,21 +116,80 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+#: a VOC annotation is about 1 KB; a larger XML file is refused before it is parsed
+MAX_XML_BYTES = 1 << 20
+
+
+def read_voc_xml(path: Path) -> dict[str, Any]:
+    """One VOC annotation file in torchvision's dict layout, parsed by defusedxml with DTDs forbidden:
+    no entity expansion (billion laughs), no external entities, at most MAX_XML_BYTES."""
+    import defusedxml.ElementTree as SafeET
+    from defusedxml import DefusedXmlException
+    from torchvision.datasets import VOCDetection
+
+    try:
+        if path.stat().st_size > MAX_XML_BYTES:
+            raise ValueError(f"over {MAX_XML_BYTES >> 20} MiB")
+        root = SafeET.fromstring(path.read_bytes(), forbid_dtd=True)
+    except (OSError, ValueError, SyntaxError, DefusedXmlException) as exc:  # ParseError is a SyntaxError
+        raise DataError(f"{path} is not a VOC annotation ({type(exc).__name__}: {one_line(exc)})") from None
+    parser = VOCDetection.__new__(VOCDetection)  # parse_voc_xml uses no state: no dataset folder needed
+    parsed: dict[str, Any] = parser.parse_voc_xml(root)
+    return parsed
+
+
 def voc_target(annotation: Mapping[str, Any], classes: Sequence[str] = VOC_CLASSES) -> tuple[list[list[float]],
                                                                                            list[int], list[int]]:
     """Boxes, labels (1..20) and difficult flags from a parsed VOC XML (torchvision's dict layout).
-    VOC corners are 1-based inclusive pixels; like Detectron, xmin and ymin are shifted by -1."""
-    objects = annotation["annotation"].get("object", [])
-    boxes, labels, difficult = [], [], []
-    for obj in objects if isinstance(objects, list) else [objects]:
-        name = str(obj["name"]).strip()
-        if name not in classes:
-            raise DataError(f"VOC object class '{name}' is not one of the 20 VOC classes")
-        b = obj["bndbox"]
-        boxes.append([float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"])])
-        labels.append(classes.index(name) + 1)
-        difficult.append(int(obj.get("difficult", 0) or 0))
+    VOC corners are 1-based inclusive pixels; like Detectron, xmin and ymin are shifted by -1.
+    A missing field or a non-number is a one-line DataError."""
+    try:
+        objects = annotation["annotation"].get("object", [])
+        boxes, labels, difficult = [], [], []
+        for obj in objects if isinstance(objects, list) else [objects]:
+            name = str(obj["name"]).strip()
+            if name not in classes:
+                raise DataError(f"VOC object class {name[:80]!r} is not one of the 20 VOC classes")
+            b = obj["bndbox"]
+            box = [float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"])]
+            if not all(np.isfinite(box)):
+                raise ValueError(f"box {box} is not finite")
+            boxes.append(box)
+            labels.append(classes.index(name) + 1)
+            difficult.append(int(obj.get("difficult", 0) or 0))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"a VOC annotation lacks or garbles a field ({type(exc).__name__}: {one_line(exc)})") from None
     return boxes, labels, difficult
+
+
+def open_image(path: Path) -> Any:
+    """A PIL RGB image, or a one-line DataError: unreadable, or a header over PIL's MAX_IMAGE_PIXELS
+    (a decompression bomb, checked before decoding: sslkit.data.imagefolder.image_size_ok)."""
+    import io
+
+    from PIL import Image
+
+    from sslkit.data.imagefolder import image_size_ok, read_image_file
+
+    try:
+        data = read_image_file(str(path))
+        image_size_ok(io.BytesIO(data))
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except Exception as exc:  # PIL raises a zoo of errors on hostile files
+        raise DataError(f"cannot read image {path}: {one_line(exc)}") from None
+
+
+def inside(folder: Path, name: Any, what: str) -> Path:
+    """`folder / name` for a file name read from an annotation file: a relative path that stays inside
+    `folder` (no absolute path, no `..` out of it), or a one-line DataError."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise DataError(f"{what}: file name {name!r} is not a file name")
+    path = folder / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+        raise DataError(f"{what}: file name {name!r} points outside {folder}; annotation file names must be "
+                        "relative paths inside the image folder")
+    return path
 
 
 class VOCDataset(Dataset):
@@ -147,13 +206,17 @@ class VOCDataset(Dataset):
             raise DataError(f"VOC {year} {image_set} not found: expected {expected}/ImageSets/Main/{image_set}.txt "
                             f"(eval.root must be the folder that holds VOCdevkit)")
         self.voc = VOCDetection(str(base), year=year, image_set=image_set, download=False)
+        for folder, files in ((expected / "JPEGImages", self.voc.images), (expected / "Annotations", self.voc.targets)):
+            for f in files:  # ids from ImageSets/Main/*.txt become paths: they must stay in their folder
+                inside(folder, Path(f).relative_to(folder).as_posix(), f"VOC {year} {image_set}")
         self.transform = transforms(train)
 
     def __len__(self) -> int:
         return len(self.voc)
 
     def __getitem__(self, index: int) -> Sample:
-        image, annotation = self.voc[index]
+        image = open_image(Path(self.voc.images[index]))
+        annotation = read_voc_xml(Path(self.voc.targets[index]))
         boxes, labels, difficult = voc_target(annotation)
         return _plain(self.transform(image, _target(boxes, labels, difficult, (image.height, image.width))))
 
@@ -176,15 +239,18 @@ class CocoDataset(Dataset):
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 self.coco = COCO(str(ann))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{ann} is not a COCO-format JSON ({type(exc).__name__}: {exc})") from None
-        self.ids = sorted(self.coco.imgs)
-        self.category_ids = sorted(self.coco.cats)
+            self.ids = sorted(self.coco.imgs)
+            self.category_ids = sorted(self.coco.cats)
+        except (ValueError, KeyError, TypeError, AssertionError, AttributeError, IndexError, RecursionError) as exc:
+            raise DataError(f"{ann} is not a COCO-format JSON ({type(exc).__name__}: {one_line(exc)[:200]})") from None
         if not self.ids or not self.category_ids:
             raise DataError(f"{ann} has no images or no categories")
         self.num_classes = len(self.category_ids)
-        self.classes = [self.coco.cats[c].get("name", str(c)) for c in self.category_ids]
+        self.classes = [str(self.coco.cats[c].get("name", c)) for c in self.category_ids]
         self.images = img_dir
+        self.files = [inside(img_dir, self.coco.imgs[i].get("file_name"), str(ann)) for i in self.ids]
+        for i in range(len(self.ids)):  # every annotation checked now: a bad one is one line, not a worker crash
+            self.target(i)
         self.transform = transforms(train)
 
     def __len__(self) -> int:
@@ -194,23 +260,23 @@ class CocoDataset(Dataset):
         """Boxes (xyxy), labels and crowd flags of image `index`."""
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.ids[index]))
         boxes, labels, crowd = [], [], []
-        for a in anns:
-            x, y, w, h = (float(v) for v in a["bbox"])
-            if w <= 0 or h <= 0:
-                continue
-            boxes.append([x, y, x + w, y + h])
-            labels.append(self.category_ids.index(a["category_id"]) + 1)
-            crowd.append(int(a.get("iscrowd", 0)))
+        try:
+            for a in anns:
+                x, y, w, h = (float(v) for v in a["bbox"])
+                if not all(np.isfinite((x, y, w, h))):
+                    raise ValueError(f"bbox {a['bbox']} is not finite")
+                if w <= 0 or h <= 0:
+                    continue
+                boxes.append([x, y, x + w, y + h])
+                labels.append(self.category_ids.index(a["category_id"]) + 1)
+                crowd.append(int(a.get("iscrowd", 0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"COCO image {self.ids[index]}: an annotation lacks or garbles a field "
+                            f"({type(exc).__name__}: {one_line(exc)[:200]})") from None
         return boxes, labels, crowd
 
     def __getitem__(self, index: int) -> Sample:
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.images / self.coco.imgs[self.ids[index]]["file_name"]
-        try:
-            image = Image.open(path).convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
+        image = open_image(self.files[index])
         boxes, labels, crowd = self.target(index)
         return _plain(self.transform(image, _target(boxes, labels, crowd, (image.height, image.width))))
 

@@ -12,7 +12,7 @@ from sslkit import overrides as ov
 from sslkit.config import as_dict, compose, group_options
 from sslkit.devices import pick_device
 from sslkit.engine import checkpoint as ckpt_io
-from sslkit.engine.outputs import timestamped, writable_dir
+from sslkit.engine.outputs import check_links, timestamped, writable_dir
 from sslkit.errors import CheckpointError, ConfigError
 from sslkit.evaluation.context import EvalContext, TrainedBackbone, load_trained
 from sslkit.plan import replaced
@@ -62,7 +62,7 @@ def output_dir(cfg: DictConfig, name: str, checkpoint: Path | None) -> Path:
     if cfg.get("out"):
         return writable_dir(Path(str(cfg.out)))
     if checkpoint is not None:
-        return ckpt_io.run_dir_of(checkpoint) / "eval"
+        return check_links(ckpt_io.run_dir_of(checkpoint)) / "eval"
     return timestamped(name)
 
 

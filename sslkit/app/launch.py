@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sslkit.config import GROUPS, check_values, compose, leaf_keys, warn_unused
+from sslkit.config import GROUPS, check_values, compose, leaf_keys, trust_command_line, warn_unused
 from sslkit.data.loader import check_batch
 from sslkit.engine import checkpoint as ckpt
 from sslkit.errors import ConfigError, closest
@@ -62,9 +62,15 @@ def check_launch(cfg: DictConfig, devices: int) -> None:
 
 def resume_config(resume: str, overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """The checkpoint's own config (its plan's config) with this command's key=value overrides
-    applied on top, checked and frozen; and the checkpoint."""
+    applied on top, checked and frozen; and the checkpoint.
+
+    The checkpoint's names are checked first: a `module:Class` method it names is refused, not
+    imported, unless this command line gives it again (sslkit/registry.py, docs/security.md)."""
+    from sslkit.registry import resolve_method
+
     saved, run_dir = ckpt.load_run(resume)
     cfg = without_plan(ckpt.config_of(saved))
+    trust_command_line(overrides)
     valid = set(leaf_keys(cfg))
     for o in overrides:
         key, _, value = o.partition("=")
@@ -77,4 +83,5 @@ def resume_config(resume: str, overrides: list[str]) -> tuple[DictConfig, dict[s
     cfg.out = str(run_dir)
     cfg.trainer.resume = str(resume)
     check_values(cfg)
+    resolve_method(str(OmegaConf.select(cfg, "method.name", default="")))
     return frozen(cfg), saved

@@ -58,7 +58,8 @@ TABLE1 = (
 
 def loss_curve(run_dir: Path) -> list[list[float]]:
     """[[step, loss], ...] from the run's metrics."""
-    return [[int(r["step"]), float(r["loss"])] for r in read_metrics(run_dir) if "loss" in r]
+    return [[int(r["step"]), float(r["loss"])] for r in read_metrics(run_dir)
+            if isinstance(r.get("loss"), int | float) and "step" in r]
 
 
 def eval_settings(cfg: DictConfig) -> list[str]:

@@ -31,7 +31,7 @@ from sslkit.engine.hardware import Machine, fit_to_machine
 from sslkit.engine.logger import NullLogger, RunLogger
 from sslkit.engine.loop import FitInputs, LoopSettings, MakeViews, fit
 from sslkit.engine.optim import build_optimizer
-from sslkit.engine.outputs import claim_run_dir, default_run_dir
+from sslkit.engine.outputs import check_links, claim_run_dir, default_run_dir
 from sslkit.engine.schedule import build_scheduler
 from sslkit.engine.state import TrainState, restore
 from sslkit.errors import ConfigError
@@ -192,6 +192,7 @@ def _prepare_run_dir(plan: RunPlan, world: World, run_dir: Path, state: TrainSta
         seed_everything(seed + 1000 * world.rank + 1 + state.step)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        check_links(run_dir)  # a resumed (perhaps downloaded) run dir: never write through a link out of it
         ckpt.check_free_space(run_dir, checkpoint_bytes(method))
         ckpt.remove_stale_temps(run_dir)  # what a run killed inside a save left
         write_text_atomic(plan.to_yaml(), run_dir / "config.yaml")
@@ -201,7 +202,7 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None, cl
     began = time_budget.clock()
     resumed = resume_from is not None  # the one decision; a resume keeps its total and its run dir
     seed_everything(int(cfg.seed))  # the same initial weights and queue on every rank
-    dataset = build_dataset(cfg.data, "pretrain", allow_import=not resumed)  # a checkpoint's config names no code
+    dataset = build_dataset(cfg.data, "pretrain", allow_import=None if resumed else True)  # a file names no code
     method, dataset, make_views, machine = _method_on_device(cfg, world, dataset)
     batch, drop_last = int(cfg.data.batch_size), bool(cfg.data.get("drop_last", True))
     loader = train_loader(dataset, batch, world=world.size, rank=world.rank, seed=int(cfg.seed),

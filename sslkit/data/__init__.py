@@ -52,7 +52,8 @@ def _stl10(cfg: Mapping[str, Any], split: str) -> Dataset:
 def _imagefolder(cfg: Mapping[str, Any], split: str) -> Dataset:
     from sslkit.data.imagefolder import load_imagefolder
 
-    return load_imagefolder(cfg.get("root"), split, int(cfg["image_size"]), float(cfg.get("max_bad_fraction", 0.01)))
+    return load_imagefolder(cfg.get("root"), split, int(cfg["image_size"]), float(cfg.get("max_bad_fraction", 0.01)),
+                            str(cfg.get("symlinks") or "inside"))
 
 
 _imagefolder.decodes_images = True  # type: ignore[attr-defined]
@@ -64,7 +65,7 @@ def decodes_images(name: str) -> bool:
 
 
 def build_dataset(cfg: Mapping[str, Any], split: str, subset: int | None = None,
-                  allow_import: bool = False) -> Dataset:
+                  allow_import: bool | None = False) -> Dataset:
     """The `split` of dataset `cfg["name"]`: "pretrain" (may include unlabeled images), "train" or "test".
     `data.name` may be `package.module:load` only with `allow_import` (a name typed on the command
     line): evaluations read the data config of a checkpoint, a file that must not choose code.

@@ -6,8 +6,10 @@ The archive helpers here (`search_dirs`, `find_folder`, `download_archive`) are 
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import shutil
 import tarfile
 import tempfile
@@ -140,10 +142,20 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+#: a CIFAR batch is 31 MB; a larger file is refused unread. The pickle is read from memory, so a length
+#: field that claims gigabytes cannot make the unpickler allocate them.
+MAX_PICKLE_BYTES = 512 << 20
+
+
 def _unpickle(path: Path) -> dict[bytes, Any]:
     try:
-        with open(path, "rb") as f:
-            obj = _ArrayUnpickler(f, encoding="bytes").load()
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise ValueError(f"{size} bytes, over {MAX_PICKLE_BYTES >> 20} MiB")
+        data = path.read_bytes()
+        for _ in pickletools.genops(data):  # a length field is checked against the bytes really there
+            pass  # before the unpickler allocates what it claims
+        obj = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # unpickling garbage can raise almost anything
         msg = f"{path} is not a valid CIFAR pickle ({one_line(exc)}); delete it and fetch it again"
         raise DataError(msg) from None
@@ -159,7 +171,7 @@ def read_batch(path: Path, labels_key: bytes, num_classes: int) -> tuple[np.ndar
     try:
         data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[labels_key], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # a mutated label can be a huge int
         raise DataError(f"{path} is not a valid CIFAR batch (missing or bad {one_line(exc)}); "
                         "delete it and fetch it again") from None
     if data.ndim != 2 or data.shape[1] != _PIXELS or data.dtype != np.uint8 or labels.shape != (len(data),):

@@ -6,6 +6,7 @@ import gzip
 import os
 import struct
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from sslkit.data.base import TensorImageDataset
-from sslkit.errors import DataError
+from sslkit.errors import DataError, one_line
 
 FILES: dict[str, tuple[str, ...]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -37,20 +38,55 @@ SOURCES: dict[str, dict[str, Any]] = {
 _DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+#: the largest IDX array read (2 GiB; Fashion-MNIST's 60k images are 47 MB, EMNIST's largest file 0.55 GB): a
+#: header that claims more is refused before anything is allocated, and a .gz is decompressed in chunks, never
+#: past what its header claims
+MAX_IDX_BYTES = 2 << 30
+_CHUNK = 16 << 20
+
+
+def _read_at_most(f: Any, n: int) -> bytes:
+    """Up to `n` bytes of `f`, read in chunks (a gzip bomb stops at `n`; memory follows the real data)."""
+    parts, left = [], n
+    while left > 0:
+        part = f.read(min(left, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (optionally gzipped): magic, dims, then the big-endian array."""
+    """Parse one IDX file (optionally gzipped): magic, dims, then the big-endian array.
+
+    A hostile file (absurd dimensions, a truncated body, a gzip bomb) is a one-line DataError with
+    bounded memory: at most MAX_IDX_BYTES, and never more than the header's own size claim plus one byte."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-        if zero != 0 or dtype not in _DTYPES:
-            raise ValueError("bad magic number")
-        shape = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
-        arr = np.frombuffer(data, dtype=_DTYPES[dtype], offset=4 + 4 * ndim)
-        return arr.reshape(shape)
-    except (OSError, ValueError, EOFError, struct.error) as exc:
-        raise DataError(f"{path} is not a valid IDX file ({exc}); delete it and fetch it again") from None
+            head = f.read(4)
+            if len(head) < 4:
+                raise ValueError("shorter than an IDX header")
+            zero, dtype, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or dtype not in _DTYPES or ndim == 0:
+                raise ValueError("bad magic number")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"truncated header: {ndim} dimensions announced")
+            shape = struct.unpack(f">{ndim}I", dims)
+            itemsize = np.dtype(_DTYPES[dtype]).itemsize
+            need = itemsize * int(np.prod(shape, dtype=object))
+            if need > MAX_IDX_BYTES:
+                raise ValueError(f"header claims {' x '.join(map(str, shape))} items ({need} bytes), over the "
+                                 f"{MAX_IDX_BYTES >> 30} GiB limit")
+            data = _read_at_most(f, need + 1)
+        if len(data) != need:
+            raise ValueError(f"truncated or padded: the header's {' x '.join(map(str, shape))} needs {need} "
+                             f"bytes of data, the file {'has more' if len(data) > need else f'has {len(data)}'}")
+        return np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(shape)
+    except (OSError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise DataError(f"{path} is not a valid IDX file ({one_line(exc)}); delete it and fetch it again") from None
 
 
 def candidate_roots(name: str, root: str | None) -> list[Path]:
@@ -99,8 +135,13 @@ def load_idx_dataset(name: str, root: str | None, split: str, download: bool = F
     img_file, lbl_file = FILES["test" if split == "test" else "train"]
     images = read_idx(base / img_file)
     labels = read_idx(base / lbl_file)
-    if images.ndim != 3 or len(images) != len(labels):
-        raise DataError(f"{base / img_file}: expected N x H x W images matching {len(labels)} labels")
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{base / img_file}: expected N x H x W unsigned-byte images matching N labels, got "
+                        f"{images.dtype} {images.shape} images and {labels.shape} labels")
+    n_classes = len(SOURCES[name]["classes"])
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise DataError(f"{base / lbl_file}: labels must lie in 0..{n_classes - 1}, found "
+                        f"{labels.min()}..{labels.max()}")
     tensor = torch.from_numpy(images.copy()).unsqueeze(1)
     return TensorImageDataset(tensor, torch.from_numpy(labels.astype(np.int64)), 10,
                               classes=SOURCES[name]["classes"])

@@ -215,11 +215,11 @@ def upgrade(file: Path, out: Path) -> int:
 
 
 def config_of(checkpoint: dict[str, Any]) -> DictConfig:
-    """The config a checkpoint was trained with."""
-    cfg = OmegaConf.create(checkpoint["config"])
-    if not isinstance(cfg, DictConfig):
-        raise CheckpointError("the checkpoint's config is not a mapping; is it from `sslkit train`?")
-    return cfg
+    """The config a checkpoint was trained with: plain YAML data only (`sslkit.config.config_from_text`)."""
+    from sslkit.config import check_file_names, config_from_text
+
+    return check_file_names(config_from_text(checkpoint.get("config"), "the checkpoint's config"),
+                            "the checkpoint's config")
 
 
 def load_run(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:

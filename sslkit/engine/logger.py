@@ -28,7 +28,7 @@ def _truncate_after(path: Path, step: int) -> None:
     def keep(line: str) -> bool:
         try:
             return int(json.loads(line).get("step", 0)) <= step
-        except (ValueError, AttributeError, TypeError):  # a line cut off by a kill
+        except (ValueError, TypeError, AttributeError, RecursionError):  # a line cut off by a crash, or garbage
             return False
 
     kept = [line for line in lines if keep(line)]

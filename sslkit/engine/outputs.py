@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -42,6 +43,18 @@ def new_file(path: Path, key: str = "out") -> Path:
     return path
 
 
+def check_links(run_dir: Path) -> Path:
+    """`run_dir`, or a one-line ConfigError when one of its RUN_FILES is a symlink that resolves outside it:
+    sslkit writes into a run directory (resume, eval, report), and never through a link out of it."""
+    root = run_dir.resolve()
+    for name in RUN_FILES:
+        entry = run_dir / name
+        if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+            raise ConfigError(f"{entry} is a symlink to {entry.resolve()}, outside the run directory; sslkit does "
+                              "not write through links out of a run directory (replace the link, or pass out=)")
+    return run_dir
+
+
 def is_run_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
 
@@ -77,5 +90,11 @@ def timestamped(*parts: str) -> Path:
 
 
 def default_run_dir(method: str, backbone: Mapping[str, Any]) -> Path:
-    """runs/<time>_<method>_<backbone> for a training run."""
-    return timestamped(method_slug(method), backbone_name(backbone))
+    """runs/<time>_<method>_<backbone> for a training run; each name keeps only [A-Za-z0-9._-] (a timm
+    name like `hf-hub:org/model` or `../x` cannot make a path)."""
+    return timestamped(*(safe_name(n) for n in (method_slug(method), backbone_name(backbone))))
+
+
+def safe_name(name: str) -> str:
+    """`name` as one file-name component: characters outside [A-Za-z0-9._-] become `_`, no leading dot."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
