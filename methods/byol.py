@@ -34,7 +34,9 @@ def normalized_std(z: Tensor) -> Tensor:
 
 @register_method("byol")
 class BYOL(SSLMethod):
-    """Online network f_θ, g_θ (backbone + projector) + predictor q_θ; target network f_ξ, g_ξ an EMA of f_θ, g_θ.
+    """Online backbone + projector + predictor regress the projection of their EMA copy, the target network.
+
+    Online network f_θ, g_θ (backbone + projector) + predictor q_θ; target network f_ξ, g_ξ an EMA of f_θ, g_θ.
 
     Loss: eq. 2 symmetrised (Sec. 3.1), L + L~ = ||q(z1) - z'2||² + ||q(z2) - z'1||² over l2-normalised
     vectors, the target's projections z' computed without gradient (`byol_loss`). After each step

@@ -18,8 +18,9 @@ from sslkit.registry import register_method
 
 @register_method("simsiam")
 class SimSiam(SSLMethod):
-    """One encoder f (backbone + projector) on both views and a predictor h:
-    L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2 with D the negative cosine (eq. 1-2).
+    """One encoder f (backbone + projector) and a predictor h; z = f(x) is the stopped target of p = h(z).
+
+    L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2, D the negative cosine (eq. 1-2).
 
     The stop-gradient is `z.detach()` (Algorithm 1). With `fix_predictor_lr` the predictor keeps its
     starting learning rate while the rest follows the schedule (Sec. 4.2, `--fix-pred-lr`). Evaluation
