@@ -16,7 +16,9 @@ SMALL = ["data.subset=96", "data.batch_size=32", "method.queue_size=64", "head.h
 def test_methods_lists_each_with_one_line():
     res = run_cli("methods")
     assert res.returncode == 0
-    names = [line.split()[0] for line in res.stdout.strip().splitlines()]
+    header, *rows = res.stdout.strip().splitlines()
+    assert header.split() == ["method", "family", "paper", "what"]
+    names = [line.split()[0] for line in rows]
     assert {"mocov1", "mocov2", "simclr", "byol", "simsiam"} <= set(names) and names == sorted(names)
 
 
