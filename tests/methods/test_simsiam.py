@@ -216,22 +216,24 @@ def test_resume_is_bit_exact_and_the_checkpoint_encoder_is_the_backbone(tmp_path
     assert exported.keys() == backbone.keys() and all(torch.equal(exported[k], backbone[k]) for k in backbone)
 
 
-@pytest.mark.slow  # two CLI trainings and a kNN evaluation in subprocesses: about a minute
+@pytest.mark.slow  # two CLI trainings and a kNN evaluation in subprocesses: about a minute idle, minutes loaded
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed (make data)")
 def test_cli_trains_on_fashion_mnist_and_an_imagefolder_and_knn_scores_the_encoder(tmp_path):
     small = ("data.batch_size=32", "trainer.max_steps=2", "trainer.precision=32", "trainer.channels_last=false",
-             "trainer.log_every_steps=1")
+             "trainer.log_every_steps=1", "method.predictor_hidden_dim=64",
+             "head.layers=[{out_dim: 256, bn: affine, activation: relu}, {out_dim: 256, bn: affine, activation: relu},"
+             " {out_dim: 256, bn: plain}]")
     out = tmp_path / "run"
-    res = run_cli("train", "method=simsiam", "data.subset=64", *small, f"out={out}")
+    res = run_cli("train", "method=simsiam", "data.subset=64", *small, f"out={out}", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(-1 <= r["loss"] <= 1 for r in records)
-    res = run_cli("eval", "knn", f"checkpoint={out}", "eval.train_subset=200", "eval.test_subset=100")
+    res = run_cli("eval", "knn", f"checkpoint={out}", "eval.train_subset=200", "eval.test_subset=100", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
 
     make_labeled(tmp_path / "imgs")
     res = run_cli("train", "method=simsiam", "data=imagefolder", f"data.root={tmp_path / 'imgs'}",
                   "data.image_size=16", "data.batch_size=2", "trainer.max_steps=2", "trainer.precision=32",
-                  "trainer.channels_last=false", f"out={tmp_path / 'folder'}")
+                  "trainer.channels_last=false", *small[-2:], f"out={tmp_path / 'folder'}", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "folder" / "checkpoints" / "last.pt").is_file()
