@@ -16,8 +16,13 @@ SMALL = ["data.subset=96", "data.batch_size=32", "method.queue_size=64", "head.h
 def test_methods_lists_each_with_one_line():
     res = run_cli("methods")
     assert res.returncode == 0
-    names = [line.split()[0] for line in res.stdout.strip().splitlines()]
-    assert names == ["mocov1", "mocov2", "simclr"]
+    rows = res.stdout.strip().splitlines()
+    names = [line.split()[0] for line in rows]
+    assert names == sorted(["barlow_twins", "byol", "dino", "mocov1", "mocov2", "simclr", "simsiam", "swav",
+                            "vicreg"])
+    families = {line.split()[0]: line.split()[1] for line in rows}
+    assert families["mocov2"] == "contrastive" and families["byol"] == "distillation"
+    assert all("arXiv" in line for line in rows)  # every built-in names its paper
 
 
 def test_train_writes_the_run_directory_and_export_loads_into_torchvision(tmp_path):
