@@ -21,6 +21,7 @@ from sslkit.app.export import export_backbone
 from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_transform, resolve_backend
 from sslkit.build import build_method
 from sslkit.config import as_dict, to_yaml
+from sslkit.contrastive.queue import queue_notice
 from sslkit.data import bad_count, build_dataset
 from sslkit.data.loader import steps_per_epoch, train_loader
 from sslkit.devices import World
@@ -185,6 +186,8 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None) ->
                    f"{machine.describe()}, run dir {run_dir}")
     if machine.warning:
         logger.message(machine.warning)
+    if "queue_size" in cfg.method and (notice := queue_notice(int(cfg.method.queue_size), len(dataset))):
+        logger.message(notice)  # K >= N: a query's own stale keys are among its negatives
     start, start_step = time.time(), state.step
     inputs = FitInputs(method, loader, make_views, optimizer, scheduler, world, settings, run_dir, logger, scaler,
                        {"config": to_yaml(cfg)}, _monitor_hooks(cfg, world), _plot_callback(run_dir, world))
