@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from sslkit.config import as_dict
-from sslkit.contrastive.queue import queue_cap
+from sslkit.contrastive.queue import queue_cap  # noqa: F401  (the plan's cap, used by the app and tests)
 from sslkit.data.loader import steps_per_epoch
 from sslkit.devices import pick_device
 from sslkit.engine.outputs import method_slug

@@ -26,9 +26,9 @@ from sslkit.app.batch_compare import check_batch_sizes, passed_on, run_batch_com
 from sslkit.app.children import train_in_subprocess
 from sslkit.app.eval_setup import output_dir
 from sslkit.config import compose
-from sslkit.errors import ConfigError
 from sslkit.data.loader import steps_per_epoch
 from sslkit.engine.schedule import warmup_steps
+from sslkit.errors import ConfigError
 from sslkit.evaluation.batch_compare import Budget, RunSpec, plan_budget, queue_cap, score_run
 from sslkit.evaluation.plots import save_figure
 from sslkit.files import read_metrics, write_json

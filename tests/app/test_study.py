@@ -30,7 +30,8 @@ def test_table1_rows_are_the_papers_switches():
 
 
 def test_summary_table_gives_mean_and_spread_over_seeds():
-    rows = [{"row": "r", "batch_size": 8, "steps": 4, "warmup_steps": 1, "images_seen": 32, "knn_by_k": {"20": a, "200": b},
+    rows = [{"row": "r", "batch_size": 8, "steps": 4, "warmup_steps": 1, "images_seen": 32,
+             "knn_by_k": {"20": a, "200": b},
              "linear_top1": c, "final_loss": 1.0, "train_seconds": 2.0}
             for a, b, c in ((50.0, 40.0, 60.0), (52.0, 44.0, 62.0))]
     line = study.summary_table(rows, [20, 200]).splitlines()[2]
