@@ -26,7 +26,7 @@ def _subset(ds: Dataset, n: Any) -> Dataset:
 
 
 def _sizes(value: Any) -> int | list[int]:
-    """`eval.min_size`: one size, or a list that torchvision samples from per training batch (multi-scale)."""
+    """`eval.min_size`: one size, or a list that torchvision samples from per training image (multi-scale)."""
     return int(value) if isinstance(value, int | float | str) else [int(v) for v in value]
 
 
