@@ -1,12 +1,12 @@
 """`sslkit study table1|table2`: the MoCo v2 paper's ablations (arXiv 2003.04297, Tables 1 and 2) in
 miniature, with several seeds, one command each.
 
-table1 trains each MoCo row (v1, (a) +MLP, (b) +aug+, (c) +MLP+aug+, (d) v2 with cosine) with the same warm-up, at the same
-batch and the same number of images; table2 runs the fair `batch-compare` (SimCLR at a small and a
-large batch, MoCo v2 at the small batch) once per seed. Every run is scored by kNN at every `eval.k`
-and the fast linear probe; the study writes `study.md` (mean and spread over seeds), `study.json`
-(every run, with its loss curve) and `study.png` (accuracy vs training wall time, and the loss curves,
-so a stalled run is visible).
+table1 trains each MoCo row (v1, (a) +MLP, (b) +aug+, (c) +MLP+aug+, (d) v2 with cosine) at the same
+batch, with the same number of images and the same warm-up; table2 runs the fair `batch-compare` (SimCLR
+at a small and a large batch, MoCo v2 at the small batch) once per seed. Every run is scored by kNN at
+every `eval.k` and the fast linear probe; the study writes `study.md` (mean and spread over seeds),
+`study.json` (every run, with its loss curve) and `study.png` (accuracy vs training wall time, and the
+loss curves, so a stalled run is visible).
 """
 
 from __future__ import annotations
