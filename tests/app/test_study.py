@@ -50,7 +50,8 @@ def train_in_process(overrides: list[str], log: Path, label: str) -> dict:
 def test_study_table1_trains_every_row_with_equal_images(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "train_in_subprocess", train_in_process)
     code = sslkit_cli.main(["study", "table1", "data.subset=64", "eval.batch_size=16", "eval.seeds=[0,1]",
-                            "head.hidden_dim=32", "eval.train_subset=300", "eval.test_subset=100", "eval.k=[5,20]",
+                            "eval.min_steps=4", "head.hidden_dim=32", "eval.train_subset=300", "eval.test_subset=100",
+                            "eval.k=[5,20]",
                             "eval.fast_epochs=2", "trainer.progress=none", f"out={tmp_path}"])
     assert code == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "study.json").read_text())
