@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from sslkit.config import as_dict
+from sslkit.contrastive.queue import queue_cap  # noqa: F401  (the plan's cap, used by the app and tests)
 from sslkit.data.loader import steps_per_epoch
 from sslkit.devices import pick_device
 from sslkit.engine.outputs import method_slug
@@ -95,8 +96,8 @@ class Budget:
 
 
 def plan_budget(cfg: DictConfig, specs: list[RunSpec], n_images: int) -> tuple[Budget, str | None]:
-    """The shared image budget and, when the largest batch gets fewer than `eval.min_steps` steps,
-    a one-line notice saying why and what to change."""
+    """The shared image budget. When it gives the largest batch fewer than `eval.min_steps` steps, a
+    one-line ConfigError saying what to change; with `eval.force=true`, a one-line notice instead."""
     e = cfg.eval
     world = int(cfg.trainer.devices)
     min_steps = int(e.min_steps)
@@ -112,15 +113,13 @@ def plan_budget(cfg: DictConfig, specs: list[RunSpec], n_images: int) -> tuple[B
     notice = None
     if steps < min_steps:
         need = math.ceil(min_steps * largest / n_images)
-        notice = (f"batch_compare: notice: batch {largest} takes only {steps} optimizer step(s) in {epochs} "
-                  f"epoch(s) of {n_images} images, fewer than eval.min_steps={min_steps}: too few for a large "
-                  f"batch to show its benefit; use eval.epochs={need} (or eval.epochs=null)")
+        why = (f"batch {largest} takes only {steps} optimizer step(s) in {epochs} epoch(s) of {n_images} images, "
+               f"fewer than eval.min_steps={min_steps}: too few for a large batch to show its benefit")
+        if not bool(e.get("force", False)):
+            raise ConfigError(f"{why}; use eval.epochs={need} (or eval.epochs=null), a smaller largest batch, "
+                              f"or eval.force=true to run it anyway")
+        notice = f"batch_compare: notice: {why} (eval.force=true); eval.epochs={need} would give {min_steps}"
     return budget, notice
-
-
-def queue_cap(n_images: int) -> int:
-    """The largest power of two <= n_images / 4 (at least 1)."""
-    return 1 << max(0, int(math.floor(math.log2(max(1, n_images // 4)))))
 
 
 def bn_regime(run_cfg: DictConfig) -> str:
@@ -129,8 +128,10 @@ def bn_regime(run_cfg: DictConfig) -> str:
     batch = int(run_cfg.data.batch_size)
     if "chunk_size" in m:
         chunk = m.get("chunk_size")
-        per = batch if chunk is None else min(int(chunk), batch)
-        return f"BN per {per} images x 2 views" + (" (gradient caching)" if per < batch else "")
+        if chunk is None:
+            return f"one BN over {batch} images x 2 views"
+        per = min(int(chunk), batch)
+        return f"BN per {per} views, one per image" + (" (gradient caching)" if batch > int(chunk) else "")
     if "shuffle_bn" in m:
         mode = str(m.shuffle_bn)
         groups = int(m.get("split_bn_groups", 8))

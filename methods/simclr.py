@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,12 +17,16 @@ from sslkit.methods.base import ContrastiveMethod, StepOutput, fp32_loss
 from sslkit.registry import register_method
 
 
-def paired_chunk_order(n: int, chunk_images: int, device: torch.device | None = None) -> Tensor:
-    """A permutation of the 2n rows of cat([view1, view2]) such that consecutive blocks of
-    2 * chunk_images rows hold BOTH views of the same chunk_images images (the last block may be
-    shorter): BN over a chunk then sees what per-device BN sees on n / chunk_images devices."""
-    rows = torch.arange(2 * n, device=device).view(2, n)
-    return torch.cat([rows[:, s:s + chunk_images].reshape(-1) for s in range(0, n, chunk_images)])
+def bn_chunks(n: int, chunk_images: int, device: torch.device | None = None) -> list[Tensor]:
+    """The rows of cat([view1, view2]) (2n rows) that BatchNorm sees together: m = ceil(n / C) chunks
+    of view 1 (contiguous blocks of images) and m chunks of view 2 (images j, j + m, j + 2m, ...), each
+    of at most C views. The two views of an image are never in one chunk, and every view-2 chunk
+    shares about n / m^2 images with every view-1 chunk, so a positive's chunk is no likelier than a
+    negative's to mirror its anchor's chunk: the leak shuffle-BN removes in MoCo (arXiv 1911.05722,
+    sec. 3.3). At n <= C the two chunks are view 1 and view 2 of the whole batch."""
+    m = math.ceil(n / chunk_images)
+    images = torch.arange(n, device=device)
+    return [*images.tensor_split(m), *(images[j::m] + n for j in range(m))]
 
 
 @register_method("simclr")
@@ -29,11 +34,12 @@ class SimCLR(ContrastiveMethod):
     """One encoder + MLP head on both views; negatives are the other 2N-2 views of the (global) batch.
 
     BatchNorm: without `chunk_size`, one BN over all 2N views (like SimCLR's global BN). With
-    `chunk_size` = C images, the batch is embedded in chunks of C images holding both views of each
-    image (per-chunk BN, like per-device BN on N/C devices), and batches above C images are trained
-    by gradient caching (Gao et al. 2021) in the memory of one chunk. The gradients then equal those
-    of the same per-chunk-BN computation done directly; they differ from the single-BN full batch,
-    since BN statistics over a chunk differ from those over the batch (docs/evaluation.md).
+    `chunk_size` = C, BN runs over chunks of at most C views, one view per image (`bn_chunks`): the
+    two views of an image never share BN statistics, and a batch of N <= C is two chunks (view 1,
+    view 2), so every batch size has the same regime. Batches above C images are trained by
+    gradient caching (Gao et al. 2021) in the memory of one chunk; the gradients equal those of the
+    same per-chunk-BN computation done directly, not those of one BN over the batch
+    (docs/deviations.md).
 
     Defaults: configs/method/simclr.yaml (tau 0.1, global negatives, no chunks).
     """
@@ -69,17 +75,28 @@ class SimCLR(ContrastiveMethod):
                                    offset=rank() * z1.shape[0])
             return ntxent_loss(z1, z2, self.temperature)
 
+    def _embed_chunked(self, x: Tensor, chunks: list[Tensor]) -> Tensor:
+        """The embeddings of x's rows in their own order, BN over each chunk of rows (with a graph when
+        gradients are enabled)."""
+        order = torch.cat(chunks)
+        z = torch.cat([self._embed(x[c]) for c in chunks])
+        return z[torch.argsort(order)]
+
     def training_step(self, views: Sequence[Tensor]) -> StepOutput:
         x = torch.cat([views[0], views[1]])  # one pass: BN statistics over both views
         n = views[0].shape[0]
-        if self.chunk_size is not None and n > self.chunk_size and torch.is_grad_enabled():
-            order = paired_chunk_order(n, self.chunk_size, x.device)
+        if self.chunk_size is None:
+            loss = self._loss(self._embed(x))
+            return StepOutput(loss, {"loss": loss.detach()})
+        chunks = bn_chunks(n, self.chunk_size, x.device)
+        if n > self.chunk_size and torch.is_grad_enabled():  # gradient caching, one chunk in memory
+            order = torch.cat(chunks)
             inverse = torch.argsort(order)
-            loss = cached_backward(self._embed, self, x[order], 2 * self.chunk_size,
+            loss = cached_backward(self._embed, self, x[order], [len(c) for c in chunks],
                                    lambda z: self._loss(z[inverse]), self.backward)
             return StepOutput(loss, {"loss": loss})
-        loss = self._loss(self._embed(x))
-        if self.custom_backward and torch.is_grad_enabled():  # keep one gradient path per method
+        loss = self._loss(self._embed_chunked(x, chunks))
+        if torch.is_grad_enabled():  # keep one gradient path per method (custom_backward)
             self.backward(loss)
             return StepOutput(loss.detach(), {"loss": loss.detach()})
         return StepOutput(loss, {"loss": loss.detach()})

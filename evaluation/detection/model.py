@@ -1,5 +1,5 @@
-"""A torchvision Faster R-CNN around a checkpoint's encoder: FPN (default) or C4 head, with its BN
-frozen, trained per process, or synchronised across ranks."""
+"""A torchvision Faster R-CNN around a checkpoint's encoder: the MoCo paper's R50-C4 (default) or an FPN
+head, with its BN trained per process (default), synchronised across ranks, or frozen."""
 
 from __future__ import annotations
 
@@ -84,28 +84,32 @@ class _C4Trunk(nn.Module):
 
 
 class _Res5Head(nn.Module):
-    """layer4 on 14x14 RoI features, then global average pooling (Detectron's Res5ROIHeads)."""
+    """layer4 on 14x14 RoI features, an extra BN, then global average pooling: Detectron2's Res5ROIHeads
+    with the norm MoCo adds after res5 (`Res5ROIHeadsExtraNorm`, MoCo arXiv 1911.05722 sec. 4.2)."""
 
-    def __init__(self, layer4: nn.Module) -> None:
+    def __init__(self, layer4: nn.Module, channels: int, frozen: bool) -> None:
         super().__init__()
         self.layer4 = layer4
+        self.norm = FrozenBatchNorm2d(channels) if frozen else nn.BatchNorm2d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layer4(x), 1), 1)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.norm(self.layer4(x)), 1), 1)
 
 
-def build_detector(backbone: nn.Module, num_classes: int, *, head: str = "fpn", bn: str = "frozen",
+def build_detector(backbone: nn.Module, num_classes: int, *, head: str = "c4", bn: str = "train",
                    trainable_stages: int = 5, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
                    min_size: int | Sequence[int] = 800, max_size: int = 1333,
                    image_mean: Sequence[float] = (0.485, 0.456, 0.406),
                    image_std: Sequence[float] = (0.229, 0.224, 0.225), box_head_dim: int = 1024,
-                   rois_per_image: int = 512, proposals: int = 2000) -> FasterRCNN:
+                   rois_per_image: int = 512, proposals: int = 2000, pre_nms_train: int = 12000,
+                   pre_nms_test: int = 6000, post_nms_test: int = 1000) -> FasterRCNN:
     """Faster R-CNN (Ren et al. 2015) with `num_classes` object classes (plus background) on a
-    torchvision-layout ResNet `backbone` (sslkit's resnet18/34/50, either stem). `bn`: frozen
-    (FrozenBatchNorm2d, Detectron's default), train (per-process batch statistics) or sync
-    (SyncBatchNorm; the MoCo paper's setting, needs torch.distributed). `box_head_dim`,
-    `rois_per_image` and `proposals` (RPN proposals kept after NMS in training; half at test) default
-    to torchvision's values; smaller ones make CPU runs affordable."""
+    torchvision-layout ResNet `backbone` (sslkit's resnet18/34/50, either stem). The defaults are
+    MoCo's VOC recipe (moco/detection/configs/Base-RCNN-C4-BN.yaml): the C4 head with an extra BN after
+    res5, BN trained (`sync` under torchrun: SyncBatchNorm, the paper's setting; `frozen`:
+    FrozenBatchNorm2d, Detectron's default for supervised backbones), the RPN keeping `pre_nms_train`
+    boxes before NMS and `proposals` after it in training, `pre_nms_test` and `post_nms_test` at test
+    (Detectron2: 12000 / 2000, 6000 / 1000). Smaller sizes make CPU runs affordable."""
     if head not in HEADS:
         raise ConfigError(f"eval.head={head}; valid: {', '.join(HEADS)}")
     if bn not in BN_MODES:
@@ -120,9 +124,9 @@ def build_detector(backbone: nn.Module, num_classes: int, *, head: str = "fpn", 
     ratios = (0.5, 1.0, 2.0)
     common = {"min_size": min_size if isinstance(min_size, int) else tuple(min_size), "max_size": max_size,
               "image_mean": list(image_mean), "image_std": list(image_std),
-              "box_batch_size_per_image": rois_per_image, "rpn_pre_nms_top_n_train": proposals,
-              "rpn_post_nms_top_n_train": proposals, "rpn_pre_nms_top_n_test": max(1, proposals // 2),
-              "rpn_post_nms_top_n_test": max(1, proposals // 2)}
+              "box_batch_size_per_image": rois_per_image, "rpn_pre_nms_top_n_train": pre_nms_train,
+              "rpn_post_nms_top_n_train": proposals, "rpn_pre_nms_top_n_test": pre_nms_test,
+              "rpn_post_nms_top_n_test": post_nms_test}
     if head == "fpn":
         if len(anchor_sizes) != 5:
             raise ConfigError(f"eval.anchor_sizes needs 5 sizes for the FPN's 5 levels, got {list(anchor_sizes)}")
@@ -137,7 +141,7 @@ def build_detector(backbone: nn.Module, num_classes: int, *, head: str = "fpn", 
         anchors = AnchorGenerator((tuple(int(s) for s in anchor_sizes),), (ratios,))
         pool = MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0)
         model = FasterRCNN(trunk, rpn_anchor_generator=anchors, box_roi_pool=pool,
-                           box_head=_Res5Head(backbone.layer4),  # type: ignore[arg-type]
+                           box_head=_Res5Head(backbone.layer4, channels[3], bn == "frozen"),  # type: ignore[arg-type]
                            box_predictor=FastRCNNPredictor(channels[3], num_classes + 1), **common)
     if bn == "sync":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

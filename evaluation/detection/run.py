@@ -27,7 +27,7 @@ def _subset(ds: Dataset, n: Any) -> Dataset:
 
 
 def _sizes(value: Any) -> int | list[int]:
-    """`eval.min_size`: one size, or a list that torchvision samples from per training batch (multi-scale)."""
+    """`eval.min_size`: one size, or a list that torchvision samples from per training image (multi-scale)."""
     return int(value) if isinstance(value, int | float | str) else [int(v) for v in value]
 
 
@@ -71,7 +71,8 @@ def run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) -
                            anchor_sizes=[int(a) for a in e.anchor_sizes], min_size=_sizes(e.min_size),
                            max_size=int(e.max_size), image_mean=list(cfg.data.mean), image_std=list(cfg.data.std),
                            box_head_dim=int(e.box_head_dim), rois_per_image=int(e.rois_per_image),
-                           proposals=int(e.proposals)).to(world.device)
+                           proposals=int(e.proposals), pre_nms_train=int(e.pre_nms_train),
+                           pre_nms_test=int(e.pre_nms_test), post_nms_test=int(e.post_nms_test)).to(world.device)
     net: nn.Module = model
     if world.size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[world.device.index]
@@ -102,7 +103,9 @@ def run(cfg: DictConfig, init: str, trained: Any, world: World, out_dir: Path) -
         "settings": {**settings.__dict__, "milestones": list(settings.milestones), "min_size": _sizes(e.min_size),
                      "max_size": int(e.max_size), "anchor_sizes": [int(a) for a in e.anchor_sizes],
                      "trainable_stages": int(e.trainable_stages), "box_head_dim": int(e.box_head_dim),
-                     "rois_per_image": int(e.rois_per_image), "proposals": int(e.proposals)},
+                     "rois_per_image": int(e.rois_per_image), "proposals": int(e.proposals),
+                     "pre_nms_train": int(e.pre_nms_train), "pre_nms_test": int(e.pre_nms_test),
+                     "post_nms_test": int(e.post_nms_test)},
         **train_info, **pretrain_info,
         "timing": {"pretrain": round(pretrain_seconds, 3), "train": round(train_seconds, 3),
                    "eval": round(eval_seconds, 3)},

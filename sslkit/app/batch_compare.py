@@ -9,9 +9,12 @@ The comparison is fair by construction:
   `eval.min_steps` optimizer steps;
 * each run's schedule has the whole shape: runs that warm up do so for `eval.warmup_fraction` of
   their own length, and the cosine decays to the end of each run;
-* every SimCLR run uses the same BN regime: BN over chunks of `eval.chunk_size` images holding both
-  views of each image (per-device BN on B/chunk devices); batches above one chunk are trained by
-  gradient caching in the memory of one chunk;
+* every SimCLR run uses the same BN regime: BN over chunks of `eval.chunk_size` views, one view per
+  image, the two views of an image never in one chunk (`methods/simclr.py: bn_chunks`); batches
+  above one chunk are trained by gradient caching in the memory of one chunk;
+* every SimCLR run scales its learning rate by `eval.simclr_lr_scaling`: `sqrt` (default) gives
+  0.075 x sqrt(B), which SimCLR's appendix B.1 recommends for short runs and small batches; `linear`
+  is 0.3 x B/256, the paper's rule for long runs;
 * MoCo's queue is capped at a quarter of the pretraining set, so that a query rarely meets a stale
   key of its own image (about K^2 / 2N^2 of the queries do).
 
@@ -77,6 +80,8 @@ def run_overrides(base: list[str], cfg: DictConfig, spec: RunSpec, run_dir: Path
     extra, notices = [], []
     if "chunk_size" in run_cfg.method:  # every SimCLR run: the same per-chunk BN regime
         extra.append(f"method.chunk_size={int(e.chunk_size)}")
+        if "optim.lr_scaling" not in {k for k, _ in ov.keys(ovr)}:  # one lr rule for every SimCLR run
+            extra.append(f"optim.lr_scaling={e.simclr_lr_scaling}")
     if float(run_cfg.optim.get("warmup_epochs", 0.0)) > 0 and run_cfg.optim.get("warmup_fraction") is None:
         extra.append(f"optim.warmup_fraction={float(e.warmup_fraction)}")
     if "queue_size" in run_cfg.method and int(run_cfg.method.queue_size) > budget.n_images // 4:

@@ -21,6 +21,7 @@ from sslkit.augment import AugRecipe, BatchedAugment, MultiView, per_image_trans
 from sslkit.augment.views import BatchedViews, PerImageViews, views_from_config
 from sslkit.build import build_method
 from sslkit.config import as_dict
+from sslkit.contrastive.queue import queue_notice
 from sslkit.data import bad_count, build_dataset
 from sslkit.data.loader import steps_per_epoch, train_loader
 from sslkit.devices import World
@@ -234,6 +235,8 @@ def _train(cfg: DictConfig, world: World, resume_from: dict[str, Any] | None, cl
                    f"{machine.describe()}, run dir {run_dir}")
     if machine.warning:
         logger.message(machine.warning)
+    if "queue_size" in cfg.method and (notice := queue_notice(int(cfg.method.queue_size), len(dataset))):
+        logger.message(notice)  # K >= N: a query's own stale keys are among its negatives
     start, start_step = time.time(), state.step
     inputs = FitInputs(method, loader, make_views, optimizer, scheduler, world, settings, run_dir, logger, scaler,
                        {"config": plan.to_yaml()}, _monitor_hooks(plan.config, world), _plot_callback(run_dir, world))

@@ -34,16 +34,17 @@ def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) ->
 Encode = Callable[[Tensor], Tensor]
 
 
-def embed_chunks(encode: Encode, x: Tensor, chunk_size: int) -> Tensor:
+def embed_chunks(encode: Encode, x: Tensor, chunk_size: int | list[int]) -> Tensor:
     """The direct computation: `encode` applied chunk by chunk, with a graph."""
     return torch.cat([encode(c) for c in x.split(chunk_size)])
 
 
-def cached_backward(encode: Encode, modules: nn.Module, x: Tensor, chunk_size: int,
+def cached_backward(encode: Encode, modules: nn.Module, x: Tensor, chunk_size: int | list[int],
                     loss_fn: Callable[[Tensor], Tensor],
                     backward: Callable[[Tensor], None] = Tensor.backward) -> Tensor:
     """Accumulate into .grad the gradient of `loss_fn(embed_chunks(encode, x))` and return the loss.
 
+    `chunk_size`: rows per chunk, or each chunk's number of rows (as `Tensor.split`).
     `modules` holds every BatchNorm that `encode` runs (its statistics are updated once, not twice).
     `backward` runs the loss's own backward (e.g. through an AMP grad scaler); the chunk re-runs
     then carry the already-scaled embedding gradients.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -9,6 +10,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslkit.devices import concat_all_gather
+
+
+def queue_cap(n_images: int) -> int:
+    """The largest power of two <= n_images / 4 (at least 1): a queue that rarely holds a stale key of
+    the query's own image (about K^2 / 2N^2 of the queries meet one)."""
+    return 1 << max(0, int(math.floor(math.log2(max(1, n_images // 4)))))
+
+
+def queue_notice(queue_size: int, n_images: int) -> str | None:
+    """One line when MoCo's queue K is at least the number of pretraining images N: the queue then
+    holds a key of every image, so every query meets stale keys of its own image among its negatives."""
+    if queue_size < n_images:
+        return None
+    return (f"sslkit: notice: method.queue_size={queue_size} >= the {n_images} pretraining images: every query "
+            f"meets stale keys of its own image among its negatives; e.g. method.queue_size={queue_cap(n_images)} "
+            f"(a quarter of the data or less, as batch-compare caps it)")
 
 
 class KeyQueue(nn.Module):

@@ -18,7 +18,7 @@ from tests.conftest import needs_fashion
 from tests.evaluation.offline import offline, offline_knn
 
 RUNS = "eval.runs=[{method:simclr,batch_size:16},{method:simclr,batch_size:32},{method:mocov2,batch_size:16}]"
-TINY = ["data.subset=64", "head.hidden_dim=32", "eval.chunk_size=16", "eval.epochs=1",
+TINY = ["data.subset=64", "head.hidden_dim=32", "eval.chunk_size=16", "eval.epochs=1", "eval.force=true",
         "eval.train_subset=300", "eval.test_subset=100", "eval.k=[20]", "eval.fast_epochs=5"]
 
 
@@ -60,21 +60,44 @@ def test_by_default_every_run_sees_the_same_images_and_batch_8192_takes_30_steps
     assert int(runs["simclr@256"][1].trainer.max_steps) >= 30 * 32 - 32  # 32x the steps, not equal steps
 
 
-def test_too_short_a_budget_is_explained_in_one_line(tmp_path):
-    budget, notice, runs = plan(["eval.epochs=1"], 60000, tmp_path)
+def test_too_short_a_budget_is_refused_in_one_line_unless_forced(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        plan(["eval.epochs=1"], 60000, tmp_path)
+    text = str(err.value)
+    assert "\n" not in text and "only 7 optimizer step(s)" in text and "eval.epochs=5" in text
+    assert "eval.force=true" in text
+    budget, notice, runs = plan(["eval.epochs=1", "eval.force=true"], 60000, tmp_path)
     assert budget.images == 60000 and int(runs["simclr@8192"][1].trainer.max_steps) == 7
     assert notice is not None and "\n" not in notice
     assert "only 7 optimizer step(s)" in notice and "eval.epochs=5" in notice
 
 
-def test_both_simclr_runs_use_the_same_bn_regime_with_both_views_per_chunk(tmp_path):
+def test_both_simclr_runs_use_the_same_bn_regime_one_view_per_image_per_chunk(tmp_path):
     _, _, runs = plan(["eval.chunk_size=16", RUNS], 64, tmp_path)
     small, large, moco = (runs[k][1] for k in ("simclr@16", "simclr@32", "mocov2@16"))
     assert small.method.chunk_size == large.method.chunk_size == 16
-    assert bc.bn_regime(small).startswith("BN per 16 images x 2 views")
-    assert bc.bn_regime(large) == "BN per 16 images x 2 views (gradient caching)"
+    assert bc.bn_regime(small) == "BN per 16 views, one per image"
+    assert bc.bn_regime(large) == "BN per 16 views, one per image (gradient caching)"
     assert "chunk_size" not in moco.method  # MoCo's batch is not its negatives
     assert bc.bn_regime(moco) == "split-BN, 8 groups of 2"
+
+
+def test_simclr_runs_use_square_root_lr_scaling_by_default(tmp_path):
+    """SimCLR appendix B.1: lr = 0.075 sqrt(B) for short runs; one rule for both batches."""
+    from sslkit.engine.optim import scaled_lr
+
+    _, _, runs = plan([], 60000, tmp_path)
+    for label, batch in (("simclr@256", 256), ("simclr@8192", 8192)):
+        optim = runs[label][1].optim
+        assert optim.lr_scaling == "sqrt"
+        assert scaled_lr(float(optim.lr), batch, str(optim.lr_scaling)) == pytest.approx(0.075 * batch ** 0.5)
+    assert runs["mocov2@256"][1].optim.lr_scaling == "linear"  # MoCo keeps its own rule
+    _, _, runs = plan(["eval.simclr_lr_scaling=linear"], 60000, tmp_path)
+    optim = runs["simclr@8192"][1].optim
+    assert scaled_lr(float(optim.lr), 8192, str(optim.lr_scaling)) == pytest.approx(9.6)  # 0.3 x 8192/256
+    spec = "eval.runs=[{method:simclr,batch_size:256,overrides:['optim.lr_scaling=none']}]"
+    _, _, runs = plan([spec], 60000, tmp_path)
+    assert runs["simclr@256"][1].optim.lr_scaling == "none"  # a run's own choice wins
 
 
 def test_warmup_and_decay_scale_with_each_runs_length(tmp_path):
@@ -161,7 +184,7 @@ def test_batch_compare_writes_table_json_and_plot(tmp_path, monkeypatch, capsys)
     assert rows[2]["queue_size"] == 16  # capped at a quarter of the 64 images
     table = [ln for ln in (tmp_path / "batch_compare.md").read_text().splitlines() if ln.startswith("| ")]
     assert len(table) == 4
-    assert "| simclr | 32 | 64 | 2 | 0 | BN per 16 images x 2 views (gradient caching) |" in table[2]
+    assert "| simclr | 32 | 64 | 2 | 0 | BN per 16 views, one per image (gradient caching) |" in table[2]
     assert "images seen" in table[0] and "BN regime" in table[0] and "peak memory" in table[0]
     assert "only 2 optimizer step(s)" in err and "method.queue_size 65536 -> 16" in err
     assert (tmp_path / "batch_compare.png").read_bytes()[:4] == b"\x89PNG"

@@ -101,3 +101,16 @@ def test_the_demo_preset_trains_with_what_auto_picks_on_either_kind_of_cpu(tmp_p
     assert cfg["trainer"]["precision"] == precision and cfg["method"]["shuffle_bn"] in ("auto", "split")
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(abs(v) < 1e3 for v in losses)
+
+
+def test_train_says_in_one_line_when_the_queue_outgrows_the_data(tmp_path, capsys):
+    from sslkit.app.train import train
+    from sslkit.config import compose
+
+    base = ["method=mocov2", "data.subset=32", "data.batch_size=16", "backbone.width=8", "head.hidden_dim=16",
+            "trainer.max_steps=1", "trainer.progress=lines", "trainer.precision=32"]
+    train(compose([*base, "method.queue_size=64", f"out={tmp_path / 'a'}"]))  # K < N: queue_notice's unit test
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "notice: method.queue_size" in ln]
+    assert lines == ["sslkit: notice: method.queue_size=64 >= the 32 pretraining images: every query meets stale "
+                     "keys of its own image among its negatives; e.g. method.queue_size=8 (a quarter of the data "
+                     "or less, as batch-compare caps it)"]

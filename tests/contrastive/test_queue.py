@@ -71,3 +71,13 @@ def test_checkpoint_without_fill_counter_loads_as_full():
     state = {"keys": torch.zeros(6, 2), "ptr": torch.tensor(2)}
     q.load_state_dict(state)
     assert int(q.filled) == 6 and _fill(q) == 1.0
+
+
+def test_a_queue_at_least_as_long_as_the_data_gets_a_one_line_notice():
+    from sslkit.contrastive.queue import queue_cap, queue_notice
+
+    assert queue_notice(65535, 65536) is None
+    text = queue_notice(65536, 60000)  # `sslkit train method=mocov2` on the full Fashion-MNIST
+    assert text is not None and "\n" not in text
+    assert "method.queue_size=65536 >= the 60000 pretraining images" in text and "method.queue_size=8192" in text
+    assert queue_notice(60000, 60000) is not None and queue_cap(60000) == 8192 and queue_cap(3) == 1

@@ -1,9 +1,10 @@
+import pytest
 import torch
 from torch import nn
 
 from sslkit.build import method_defaults
 from sslkit.contrastive.ntxent import ntxent_loss
-from sslkit.methods.simclr import SimCLR, paired_chunk_order
+from sslkit.methods.simclr import SimCLR, bn_chunks
 
 HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2}
 
@@ -32,10 +33,32 @@ def test_chunked_step_runs_backward_itself(tiny_encoder):
     assert all(p.grad is not None for p in m.parameters())
 
 
-def test_paired_chunk_order_puts_both_views_of_each_image_in_one_chunk():
-    order = paired_chunk_order(5, 2)  # rows 0..4 are view 1 of images 0..4, rows 5..9 view 2
-    assert order.tolist() == [0, 1, 5, 6, 2, 3, 7, 8, 4, 9]
-    assert sorted(order.tolist()) == list(range(10))
+def test_bn_chunks_never_hold_both_views_of_an_image():
+    n = 10  # rows 0..9 are view 1 of images 0..9, rows 10..19 view 2
+    chunks = [c.tolist() for c in bn_chunks(n, 3)]
+    assert chunks == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9], [10, 14, 18], [11, 15, 19], [12, 16], [13, 17]]
+    assert sorted(r for c in chunks for r in c) == list(range(2 * n))
+    for c in chunks:
+        assert len({r % n for r in c}) == len(c) <= 3  # at most C views, never two of one image
+
+
+def test_a_positive_shares_its_bn_chunk_with_no_more_negatives_than_any_view():
+    """Batch 8192 in chunks of 256 (Table 2): the positive's chunk holds one view of 256 images, and
+    only 8 of them are also in the anchor's chunk, as for every other view-2 chunk (no signature)."""
+    n = 8192
+    chunks = bn_chunks(n, 256)
+    assert len(chunks) == 64 and {len(c) for c in chunks} == {256}
+    images = [set((c % n).tolist()) for c in chunks]
+    first, second = images[:32], images[32:]
+    overlaps = {len(a & b) for a in first for b in second}
+    assert overlaps == {8}  # every view-1 chunk meets every view-2 chunk in n / m^2 images
+    assert all(not (set(c.tolist()) & {r + n for r in c.tolist()}) for c in chunks)
+
+
+def test_batch_of_one_chunk_size_still_splits_the_views():
+    """Batch 256 at chunk 256 uses the same regime as batch 8192: BN over 256 views of one kind."""
+    assert [c.tolist() for c in bn_chunks(4, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [c.tolist() for c in bn_chunks(3, 4)] == [[0, 1, 2], [3, 4, 5]]
 
 
 class RecordingEncoder(nn.Module):
@@ -52,14 +75,20 @@ class RecordingEncoder(nn.Module):
         return self.bn(self.fc(x[:, :1, 0, 0]))
 
 
-def test_chunks_hold_both_views_of_their_images_like_per_device_bn():
+@pytest.mark.parametrize("batch", [6, 3])  # above the chunk (gradient caching) and within it (direct)
+def test_bn_never_sees_both_views_of_an_image_in_one_pass(batch):
     enc = RecordingEncoder()
     m = SimCLR(enc, 4, HEAD, **method_defaults("simclr", temperature=0.5, chunk_size=3))
-    ids = torch.arange(12, dtype=torch.float32).view(12, 1, 1, 1).expand(12, 3, 2, 2)
-    m([ids[:6].clone(), ids[6:].clone()])  # image i: view 1 is row i, view 2 is row 6 + i
-    chunks = [sorted(c) for c in enc.calls]
-    assert chunks[:2] == [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]  # pass 1 (no graph)
-    assert chunks[2:] == chunks[:2]  # pass 2 (with graph) sees the same chunks
+    ids = torch.arange(2 * batch, dtype=torch.float32).view(2 * batch, 1, 1, 1).expand(2 * batch, 3, 2, 2)
+    m([ids[:batch].clone(), ids[batch:].clone()])  # image i: view 1 is row i, view 2 is row batch + i
+    calls = [sorted(c) for c in enc.calls]
+    expected = [c.tolist() for c in bn_chunks(batch, 3)]
+    assert all(len({r % batch for r in c}) == len(c) <= 3 for c in calls)  # never both views of an image
+    if batch == 6:
+        assert calls[:4] == expected == [[0, 1, 2], [3, 4, 5], [6, 8, 10], [7, 9, 11]]  # pass 1 (no graph)
+        assert calls[4:] == calls[:4]  # pass 2 (with graph) sees the same chunks
+    else:
+        assert calls == expected == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_chunked_gradients_equal_per_chunk_bn_but_not_whole_batch_bn(tiny_encoder):
@@ -73,9 +102,11 @@ def test_chunked_gradients_equal_per_chunk_bn_but_not_whole_batch_bn(tiny_encode
     whole = copy.deepcopy(direct)
     v1, v2 = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randn(6, 3, 8, 8, dtype=torch.float64)
     chunked([v1, v2])
-    # reference by hand: two "devices", each with BN over both views of its 3 images
-    z = [direct._embed(torch.cat([v1[s:s + 3], v2[s:s + 3]])) for s in (0, 3)]
-    z1, z2 = torch.cat([z[0][:3], z[1][:3]]), torch.cat([z[0][3:], z[1][3:]])
+    # reference by hand: BN over view 1 of images 0-2, of 3-5, view 2 of images 0,2,4 and of 1,3,5
+    e = direct._embed
+    z1 = torch.cat([e(v1[:3]), e(v1[3:])])
+    za, zb = e(v2[0::2]), e(v2[1::2])
+    z2 = torch.stack([za[0], zb[0], za[1], zb[1], za[2], zb[2]])
     ntxent_loss(z1, z2, 0.5).backward()
     whole([v1, v2]).loss.backward()
     for (name, p), q in zip(chunked.named_parameters(), direct.parameters(), strict=True):

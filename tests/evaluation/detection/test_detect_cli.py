@@ -23,7 +23,7 @@ def test_eval_detect_writes_json_and_a_rerun_resumes(tmp_path, capsys):
     r = json.loads((out / "detect.json").read_text())
     assert "detect random: AP50=" in first and str(out / "detect.json") in first
     assert r["init"] == "random" and r["steps"] == 2 and r["train_size"] == 8 and r["test_size"] == 4
-    assert r["num_classes"] == 10 and r["head"] == "fpn" and r["bn"] == "frozen"
+    assert r["num_classes"] == 10 and r["head"] == "c4" and r["bn"] == "train"  # the paper's recipe by default
     for key in ("AP", "AP50", "AP75"):
         assert r[key] == pytest.approx(r["torchmetrics"][key], abs=1e-3)
     assert (out / "detect_ckpt.pt").is_file()

@@ -67,7 +67,7 @@ def test_frozen_batchnorm_keeps_the_eval_function_and_trains_nothing():
 
 
 def test_trainable_stages_freeze_the_stem_first_and_sync_needs_a_process_group():
-    model = build_detector(tiny_resnet(), 1, trainable_stages=3, **SMALL)
+    model = build_detector(tiny_resnet(), 1, head="fpn", trainable_stages=3, **SMALL)
     body = model.backbone.body
     assert not any(p.requires_grad for p in body.conv1.parameters())
     assert not any(p.requires_grad for p in body.layer1.parameters())
@@ -78,7 +78,7 @@ def test_trainable_stages_freeze_the_stem_first_and_sync_needs_a_process_group()
     losses = train_bn.train()([image, image], [target, target])  # the C4 head runs end to end
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     assert all(torch.isfinite(v) for v in losses.values())
-    sync = build_detector(tiny_resnet(), 1, bn="sync", **SMALL)
+    sync = build_detector(tiny_resnet(), 1, bn="sync", head="fpn", **SMALL)
     assert any(isinstance(m, nn.SyncBatchNorm) for m in sync.modules())
 
 
@@ -102,7 +102,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
 
     def fresh() -> nn.Module:
         torch.manual_seed(0)
-        return build_detector(tiny_resnet(), 1, **SMALL)
+        return build_detector(tiny_resnet(), 1, head="fpn", bn="frozen", **SMALL)
 
     straight = fresh()
     torch.manual_seed(5)
@@ -126,3 +126,30 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
     with pytest.raises(CheckpointError, match="other fine-tuning settings"):
         fine_tune(fresh(), data, FineTuneSettings(steps=5, batch_size=2, lr=0.01), CPU, tmp_path / "b.pt")
+
+
+def test_the_default_detector_is_mocos_r50_c4_recipe():
+    """moco/detection/configs/Base-RCNN-C4-BN.yaml: C4 with an extra norm after res5, BN trained in every
+    layer (SyncBN across GPUs), nothing frozen, RPN top-k 6000 before and 1000 after NMS at test."""
+    from sslkit.config import compose
+    from sslkit.evaluation.detection.model import _C4Trunk, _Res5Head
+
+    e = compose([], extra=["eval=detect"]).eval
+    assert (e.head, e.bn, int(e.trainable_stages)) == ("c4", "train", 5)
+    topk = (int(e.pre_nms_train), int(e.proposals), int(e.pre_nms_test), int(e.post_nms_test))
+    assert topk == (12000, 2000, 6000, 1000)
+    model = build_detector(tiny_resnet(), 1)  # build_detector's own defaults are the same recipe
+    assert isinstance(model.backbone, _C4Trunk) and isinstance(model.roi_heads.box_head, _Res5Head)
+    norm = model.roi_heads.box_head.norm
+    assert isinstance(norm, nn.BatchNorm2d) and norm.num_features == 512 and norm.weight.requires_grad
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    rpn = model.rpn
+    assert (rpn._pre_nms_top_n, rpn._post_nms_top_n) == ({"training": 12000, "testing": 6000},
+                                                       {"training": 2000, "testing": 1000})
+    x = torch.randn(2, 256, 14, 14)  # RoI features of the C4 map (layer3: 256 channels here)
+    model.train()
+    model.roi_heads.box_head(x)  # training: the extra norm uses batch statistics and updates its running ones
+    assert not torch.equal(norm.running_mean, torch.zeros(512))
+    frozen = build_detector(tiny_resnet(), 1, bn="frozen")
+    assert isinstance(frozen.roi_heads.box_head.norm, FrozenBatchNorm2d)  # a new frozen norm is the identity
