@@ -1,8 +1,9 @@
 """Built-in methods; importing this package registers them."""
 
 from sslkit.methods.base import ContrastiveMethod, SSLMethod, StepOutput
+from sslkit.methods.dino import DINO
 from sslkit.methods.mocov1 import MoCoV1
 from sslkit.methods.mocov2 import MoCoV2
 from sslkit.methods.simclr import SimCLR
 
-__all__ = ["SSLMethod", "ContrastiveMethod", "StepOutput", "MoCoV1", "MoCoV2", "SimCLR"]
+__all__ = ["SSLMethod", "ContrastiveMethod", "StepOutput", "MoCoV1", "MoCoV2", "SimCLR", "DINO"]
