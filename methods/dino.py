@@ -120,8 +120,10 @@ class DINO(SSLMethod):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        """The teacher follows the student (momentum on a cosine to 1) and the center the teacher."""
-        m = self.momentum + (self.final_momentum - self.momentum) * (1 - _cos_half(progress))
+        """The teacher follows the student (momentum on a cosine to 1) and the center the teacher. The
+        momentum is the schedule's value at this step's index (`self.progress`, before the step), as the
+        official `momentum_schedule[it]`: the first update uses exactly `momentum`."""
+        m = self.momentum + (self.final_momentum - self.momentum) * (1 - _cos_half(self.progress))
         for online, target in self.momentum_pairs():
             ema_update(target, online, m)
         if self._teacher_out:
