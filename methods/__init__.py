@@ -5,5 +5,6 @@ from sslkit.methods.dino import DINO
 from sslkit.methods.mocov1 import MoCoV1
 from sslkit.methods.mocov2 import MoCoV2
 from sslkit.methods.simclr import SimCLR
+from sslkit.methods.swav import SwAV
 
-__all__ = ["SSLMethod", "ContrastiveMethod", "StepOutput", "MoCoV1", "MoCoV2", "SimCLR", "DINO"]
+__all__ = ["SSLMethod", "ContrastiveMethod", "StepOutput", "MoCoV1", "MoCoV2", "SimCLR", "DINO", "SwAV"]
