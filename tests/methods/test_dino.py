@@ -110,7 +110,7 @@ def test_loss_center_and_gradient_equal_lightlys_dino_loss():
     ours = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     m.zero_grad(set_to_none=True)
     with torch.no_grad():
-        teacher = [m.teacher_head(m.teacher_backbone(v)) for v in views[:2]]
+        teacher = list(m.teacher_head(m.teacher_backbone(torch.cat(views[:2]))).chunk(2))  # one BN batch
     ref = DINOLoss(64, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10,
                    student_temp=0.1, center_momentum=0.9)
     ref.center.copy_(m.center.reshape(1, 1, -1))
