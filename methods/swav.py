@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslkit.devices import world_size as current_world_size
 from sslkit.errors import ConfigError
 from sslkit.losses.swav import swav_loss
 from sslkit.methods.base import SSLMethod, StepOutput, fp32_loss
@@ -45,14 +44,14 @@ class SwAV(SSLMethod):
                  n_prototypes: int, temperature: float, epsilon: float, sinkhorn_iterations: int,
                  crops_for_assign: int, queue_length: int, epoch_queue_starts: float, freeze_prototypes: float,
                  world_size: int = 1) -> None:
-        """`world_size`: processes sharing the queue (each holds queue_length / world_size rows, as the
-        official code); 1 means the running process group's size."""
+        """`world_size`: the processes sharing the queue (each holds queue_length / world_size rows, as
+        the official code); `sslkit.build.build_method` passes the running process group's size."""
         super().__init__(backbone, feature_dim, head)
         self.check_bounds({"n_prototypes": n_prototypes, "temperature": temperature, "epsilon": epsilon,
                            "sinkhorn_iterations": sinkhorn_iterations, "crops_for_assign": crops_for_assign,
                            "queue_length": queue_length, "epoch_queue_starts": epoch_queue_starts,
                            "freeze_prototypes": freeze_prototypes, "world_size": world_size})
-        world = world_size if world_size > 1 else current_world_size()
+        world = world_size
         self.projector = build_mlp(feature_dim, [LayerSpec(hidden_dim, "affine", "relu", bias=True),
                                                  LayerSpec(out_dim, bias=True)])
         self.prototypes = Prototypes(out_dim, n_prototypes)

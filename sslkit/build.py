@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from omegaconf import DictConfig
 
 from sslkit.config import as_dict, compose
+from sslkit.devices import world_size
 from sslkit.errors import ConfigError
 from sslkit.methods.base import SSLMethod
 from sslkit.nn.backbones import build_backbone
@@ -20,6 +22,8 @@ def build_method(cfg: DictConfig) -> SSLMethod:
     params: dict[str, Any] = as_dict(cfg.method)
     cls = resolve_method(str(params.pop("name")))
     backbone, dim = build_backbone(as_dict(cfg.backbone))
+    if "world_size" in inspect.signature(cls.__init__).parameters:  # e.g. SwAV's queue, split over processes
+        params["world_size"] = world_size()
     return cls(backbone, dim, as_dict(cfg.head), **params)
 
 

@@ -17,7 +17,8 @@ from sslkit.errors import ConfigError, closest
 from sslkit.methods.base import ContrastiveMethod, SSLMethod
 from sslkit.registry import resolve_method
 
-BUILT_IN_ARGS = ("self", "backbone", "feature_dim", "head")
+#: what `build_method` passes itself (`world_size` only to a method whose `__init__` takes it), never `method.*` keys
+BUILT_IN_ARGS = ("self", "backbone", "feature_dim", "head", "world_size")
 
 
 def method_params(cls: type[SSLMethod]) -> dict[str, inspect.Parameter]:

@@ -288,3 +288,17 @@ def test_views_without_local_crops_are_one_line_and_exit_2_through_the_cli(cli, 
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs local crops" in lines[0], res.stderr
+
+
+def test_build_method_splits_the_queue_over_the_processes(monkeypatch):
+    """`world_size` is what `build_method` passes (the official queue_length // world_size rows per
+    rank), never a `method.*` key."""
+    import sslkit.build
+    from sslkit.config import compose
+
+    monkeypatch.setattr(sslkit.build, "world_size", lambda: 4)
+    overrides = ["method=swav", "method.queue_length=40", "method.hidden_dim=32", "method.n_prototypes=10",
+                 "backbone.width=4"]
+    assert sslkit.build.build_method(compose(overrides)).queue.shape == (2, 10, 128)
+    with pytest.raises(ConfigError, match="world_size"):
+        sslkit.build.build_method(compose([*overrides, "+method.world_size=2"]))
