@@ -36,6 +36,8 @@ class DINO(SSLMethod):
     paper: ClassVar[str] = "Caron et al. 2021, arXiv 2104.14294"
     needs_local_views: ClassVar[bool] = False  # multi-crop is the default, but 2 global crops alone train too
 
+    center: Tensor
+
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Any = None, *, out_dim: int, hidden_dim: int,
                  bottleneck_dim: int, head_layers: int, head_batch_norm: bool, norm_last_layer: bool,
                  momentum: float, final_momentum: float, teacher_temp: float, warmup_teacher_temp: float,
