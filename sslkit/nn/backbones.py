@@ -55,14 +55,18 @@ def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, in
     import timm
 
     sized: dict[str, Any] = {"img_size": image_size} if image_size else {}  # ViTs and other fixed-size models
+    # ViTs take any input size (multi-crop's local crops): position embeddings resampled, a crop that is no
+    # patch multiple zero-padded to one; then the models without those arguments, then CNNs (no img_size)
+    dynamic = {"dynamic_img_size": True, "dynamic_img_pad": True}
+    attempts: list[dict[str, Any]] = [dynamic | sized, {"dynamic_img_size": True} | sized, sized, {}]
     try:
-        try:  # ViTs: any input size a patch multiple (multi-crop's local crops), position embeddings resampled
-            model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **sized)
-        except TypeError:
+        for i, kwargs in enumerate(attempts):
             try:
-                model = timm.create_model(name, pretrained=False, num_classes=0, **sized)
-            except TypeError:  # models without an img_size argument (CNNs)
-                model = timm.create_model(name, pretrained=False, num_classes=0)
+                model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+                break
+            except TypeError:
+                if i == len(attempts) - 1:
+                    raise
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ConfigError(f"unknown timm model '{name}'; "

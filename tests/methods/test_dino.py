@@ -280,12 +280,13 @@ def test_the_checkpoints_encoder_is_the_teachers_backbone_and_evaluation_loads_i
 
 
 def test_dino_trains_a_timm_vit_tiny_on_multi_crop_views_of_two_sizes():
-    """ViT-tiny/16 at 32 px: 2 global crops of 32 px (2x2 patches) and 2 local ones of 16 px (1 patch)."""
+    """ViT-tiny/16 at 32 px: 2 global crops of 32 px (2x2 patches) and 2 local ones of 14 px (the
+    default 96/224 of 32, zero-padded to one patch)."""
     backbone, dim = build_backbone({"name": "timm", "timm_name": "vit_tiny_patch16_224", "image_size": 32})
     m = make_dino(backbone, dim, freeze_last_layer=0)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     x = torch.rand(2, 3, 32, 32)
-    views = [x, x.flip(-1), x[..., :16, :16], x[..., 16:, 16:]]
+    views = [x, x.flip(-1), x[..., :14, :14], x[..., 18:, 18:]]
     before = m.backbone.patch_embed.proj.weight.detach().clone()
     out = m(views)
     out.loss.backward()

@@ -302,3 +302,11 @@ def test_build_method_splits_the_queue_over_the_processes(monkeypatch):
     assert sslkit.build.build_method(compose(overrides)).queue.shape == (2, 10, 128)
     with pytest.raises(ConfigError, match="world_size"):
         sslkit.build.build_method(compose([*overrides, "+method.world_size=2"]))
+
+
+def test_a_methods_yaml_sets_its_views_and_the_command_line_wins():
+    """configs/config.yaml's `views: null` comes before the method's YAML (it used to override it)."""
+    from sslkit.config import compose
+
+    assert compose(["method=swav"]).views == "swav" and compose(["method=dino"]).views == "dino"
+    assert compose(["method=mocov2"]).views is None and compose(["method=swav", "views=byol"]).views == "byol"
