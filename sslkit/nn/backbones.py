@@ -53,16 +53,27 @@ def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, in
     import timm
 
     sized: dict[str, Any] = {"img_size": image_size} if image_size else {}  # ViTs and other fixed-size models
+    # ViTs take any input size (multi-crop's local crops): position embeddings resampled, a crop that is no
+    # patch multiple zero-padded to one; then the models without those arguments, then CNNs (no img_size)
+    dynamic = {"dynamic_img_size": True, "dynamic_img_pad": True}
+    attempts: list[dict[str, Any]] = [dynamic | sized, {"dynamic_img_size": True} | sized, sized, {}]
     try:
-        try:
-            model = timm.create_model(name, pretrained=False, num_classes=0, **sized)
-        except TypeError:  # models without an img_size argument (CNNs)
-            model = timm.create_model(name, pretrained=False, num_classes=0)
+        for i, kwargs in enumerate(attempts):
+            try:
+                model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+                break
+            except TypeError:
+                if i == len(attempts) - 1:
+                    raise
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ConfigError(f"unknown timm model '{name}'; "
                               f"{suggestion(name, timm.list_models())}".split("; valid:")[0]) from None
         raise
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if image_size and isinstance(patch, tuple) and image_size % int(patch[0]):
+        raise ConfigError(f"timm model '{name}' has {patch[0]} px patches, which do not divide data.image_size="
+                          f"{image_size}; use an image size that is a multiple of {patch[0]}")
     return model, int(vars(model)["num_features"])  # timm sets it in __init__
 
 
