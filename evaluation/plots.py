@@ -10,14 +10,14 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sslkit.files import read_metrics
+from sslkit.files import atomic_path, read_metrics
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
-    """Render `fig` with Agg (no pyplot state) to the PNG `path`."""
+    """Render `fig` with Agg (no pyplot state) to the PNG `path`, atomically."""
     FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path
 
 
