@@ -45,13 +45,13 @@ def export_command(overrides: list[str]) -> int:
     saved, run_dir = ckpt.load_run(opts["checkpoint"])
     config = ckpt.config_of(saved)
     fmt = fmt or natural_format(as_dict(config.backbone))
-    default = "backbone.pt" if fmt == natural_format(as_dict(config.backbone)) else \
-        f"backbone_{fmt}.{'onnx' if fmt == 'onnx' else 'pt'}"
+    default = f"backbone_{fmt}.pt" if fmt != "onnx" else "backbone.onnx"  # beside training's plain backbone.pt
     out = Path(opts["out"]) if opts.get("out") else run_dir / default
-    if opts.get("out"):  # the default <run dir>/backbone.pt is the run's own export; anything else must be new
+    if opts.get("out"):  # the default <run dir>/backbone_<format> is the run's own export; anything else must be new
         new_file(out)
     backbone = backbone_from_state(as_dict(config.backbone), saved["method"])
-    meta = write_export(backbone, as_dict(config.backbone), as_dict(config.data), fmt, out, str(Path(opts["checkpoint"]).resolve()))
+    source = str(Path(opts["checkpoint"]).resolve())
+    meta = write_export(backbone, as_dict(config.backbone), as_dict(config.data), fmt, out, source)
     check = f", max |diff| vs PyTorch {meta['max_abs_diff']:.2g}" if "max_abs_diff" in meta else ""
     print(f"exported backbone ({sum(p.numel() for p in backbone.parameters())} parameters, format={fmt}{check}) "
           f"to {out} (how to load it: {out.name}.json)")
