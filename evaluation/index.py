@@ -138,7 +138,7 @@ def load_index(directory: Path) -> Index:
             if (directory / MANIFEST).is_file() else ""
         raise DataError(f"{directory} holds no index ({INDEX_META}){hint}")
     meta = json.loads(meta_file.read_text())
-    index = faiss.read_index(str(directory / INDEX_FILE))
+    index: Any = faiss.read_index(str(directory / INDEX_FILE))
     if "nprobe" in meta:
         index.nprobe = int(meta["nprobe"])
     return Index(index, meta, directory)
@@ -171,7 +171,7 @@ def duplicate_pairs(index: Index, threshold: float, k: int = 20, batch: int = 40
         found_s.append(sims[keep])
     a, b, s = (np.concatenate(v).astype(t) for v, t in ((found_a, np.int64), (found_b, np.int64),
                                                          (found_s, np.float32)))
-    order = np.lexsort((b, a, -s))  # most similar first, then by rows
+    order = np.lexsort((b, a, np.negative(s)))  # most similar first, then by rows
     a, b, s = a[order], b[order], s[order]
     _, first = np.unique(a * vectors.shape[0] + b, return_index=True)  # a pair found from both of its rows
     first.sort()

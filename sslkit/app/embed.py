@@ -7,9 +7,15 @@ import csv
 import io
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sslkit.errors import ConfigError, DataError
 from sslkit.overrides import key_values
+
+if TYPE_CHECKING:  # the CLI imports this module lazily; torch loads only when a command runs
+    import torch
+
+    from sslkit.evaluation.embed import Encoder
 
 EMBED_KEYS = {"checkpoint", "data", "data.root", "data.batch_size", "data.num_workers", "out", "device",
               "embed.chunk_size", "trainer.threads"}
@@ -33,7 +39,8 @@ def _float(opts: dict[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key} must be a number, got {opts[key]!r}") from None
 
 
-def _encoder(checkpoint: str, device_spec: str, threads: str | None, workers: str | None):  # type: ignore[no-untyped-def]
+def _encoder(checkpoint: str, device_spec: str, threads: str | None, workers: str | None
+             ) -> tuple[Encoder, torch.device, int]:
     """The encoder of a run, checkpoint or export, the device, and the loader workers for decoding files."""
     from sslkit.devices import pick_device
     from sslkit.engine.hardware import apply_cpu_split
@@ -157,7 +164,7 @@ def search_command(overrides: list[str]) -> int:
     return 0
 
 
-def _check_encoder(encoder, meta: dict, checkpoint: str, directory: Path) -> None:  # type: ignore[no-untyped-def,type-arg]
+def _check_encoder(encoder: Encoder, meta: dict[str, Any], checkpoint: str, directory: Path) -> None:
     """The query encoder must be the one that embedded the index: same dimension, same weights and view."""
     import torch
 
@@ -175,9 +182,9 @@ def _check_encoder(encoder, meta: dict, checkpoint: str, directory: Path) -> Non
 def dedupe_command(overrides: list[str]) -> int:
     """`sslkit dedupe index=<dir> [threshold=0.95] [out=<dir>] [grid=16] [k=20]` (or embeddings=<embed dir>)."""
     from sslkit.engine.outputs import writable_dir
+    from sslkit.evaluation.embed import read_embeddings, read_manifest
     from sslkit.evaluation.gallery import plot_rows, write_html
     from sslkit.evaluation.index import Index, build_index, duplicate_pairs, load_index
-    from sslkit.evaluation.embed import read_embeddings, read_manifest
     from sslkit.files import write_text_atomic
 
     opts = key_values(overrides, {"index", "embeddings", "threshold", "out", "grid", "k"})
