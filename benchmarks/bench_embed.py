@@ -108,7 +108,8 @@ def speed(names: list[str], counts: list[int], batch: int, repeats: int, workers
 
 
 def write_fashion_folder(dest: Path) -> tuple[int, float]:
-    """Fashion-MNIST's 60k + 10k images as PNGs in dest/{train,test}/<class>/; (count, seconds)."""
+    """Fashion-MNIST's 60k + 10k images as PNGs in dest/{train,test}/<class>/, numbered 00000-69999 (the test
+    images from 60000); (count, seconds)."""
     from sslkit.data.idx import load_idx_dataset
 
     start = time.perf_counter()
@@ -119,7 +120,8 @@ def write_fashion_folder(dest: Path) -> tuple[int, float]:
         for c in names:
             (dest / split / c.replace("/", "-")).mkdir(parents=True, exist_ok=True)
         images, labels = ds.images[:, 0].numpy(), ds.targets.numpy()
-        for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        first = 60000 if split == "test" else 0
+        for i, (img, label) in enumerate(zip(images, labels, strict=True), start=first):
             Image.fromarray(img).save(dest / split / names[label].replace("/", "-") / f"{i:05d}.png")
             count += 1
     return count, time.perf_counter() - start
