@@ -142,9 +142,30 @@ def cli(*args: str) -> tuple[float, float]:
     return seconds, cpu
 
 
-def fmnist(checkpoint: str, keep: Path | None) -> None:
+def demo_encoder_checkpoint(path: Path) -> str:
+    """A checkpoint of the demo's encoder (experiment=fmnist_demo: ResNet-18, small-image stem, width 16,
+    28 px) at its random initialisation, in the format `sslkit train` writes: speed does not depend on weights."""
+    from omegaconf import OmegaConf
+
+    from sslkit.config import compose
+    from sslkit.engine import checkpoint as ckpt
+    from sslkit.files import save_atomic
+
+    cfg = compose(["experiment=fmnist_demo"])
+    torch.manual_seed(0)
+    model, _ = build_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))  # type: ignore[arg-type]
+    save_atomic({"format": ckpt.FORMAT, "version": ckpt.VERSION, "config": OmegaConf.to_yaml(cfg, resolve=True),
+                 "method": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, path)
+    return str(path)
+
+
+def fmnist(checkpoint: str | None, keep: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_fmnist_") as tmp:
         work = keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None:
+            checkpoint = demo_encoder_checkpoint(work / "demo_encoder_random_init.pt")
+            print(f"  encoder: the demo's architecture at random initialisation ({checkpoint})", flush=True)
         folder = work / "fashion_mnist"
         if not (folder / "test").is_dir():
             count, secs = write_fashion_folder(folder)
@@ -169,7 +190,8 @@ def main() -> None:
     p.add_argument("--images", default="384,192", help="images per model for the speed part")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--checkpoint", help="the Fashion-MNIST encoder: a demo run (sslkit demo / experiment=fmnist_demo)")
+    p.add_argument("--checkpoint", help="the Fashion-MNIST encoder (a demo run); default: the demo's architecture "
+                   "at random initialisation")
     p.add_argument("--keep", type=Path, help="keep the Fashion-MNIST PNGs, embeddings and search here")
     args = p.parse_args()
     split = apply_cpu_split(torch.device("cpu"), True)
@@ -182,8 +204,6 @@ def main() -> None:
         counts = [int(c) for c in args.images.split(",")]
         speed(args.models.split(","), counts, args.batch, args.repeats, split.workers)
     if args.part in ("fmnist", "all"):
-        if not args.checkpoint:
-            raise SystemExit("--checkpoint=<demo run> is needed for the Fashion-MNIST part")
         fmnist(args.checkpoint, args.keep)
 
 
