@@ -52,15 +52,25 @@ def write_jpegs(folder: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(img.astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
 
 
+def clocks() -> tuple[float, float]:
+    """(wall, CPU of this process over all its threads) in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    now = clocks()
+    return now[0] - start[0], now[1] - start[1]
+
+
 @torch.no_grad()
-def bare_forward(backbone: torch.nn.Module, n: int, batch: int, bf16: bool = False) -> float:
-    """Seconds for the forward pass over `n` ready 224 px tensors in batches of `batch`."""
+def bare_forward(backbone: torch.nn.Module, n: int, batch: int, bf16: bool = False) -> tuple[float, float]:
+    """(wall, CPU) seconds for the forward pass over `n` ready 224 px tensors in batches of `batch`."""
     x = torch.randn(batch, 3, 224, 224)
-    start = time.perf_counter()
+    start = clocks()
     for s in range(0, n, batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             backbone(x[: min(batch, n - s)])
-    return time.perf_counter() - start
+    return since(start)
 
 
 def speed_one(name: str, n: int, batch: int, repeats: int, workers: int, tmp: Path) -> None:
@@ -74,31 +84,34 @@ def speed_one(name: str, n: int, batch: int, repeats: int, workers: int, tmp: Pa
     backbone.eval()
     encoder = Encoder(backbone, 224, *IMAGENET, source="random init", name=name)
 
-    def embed(root: Path) -> float:
+    def embed(root: Path) -> tuple[float, float]:
         out = tmp / "out"
         shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
+        start = clocks()
         embed_folder(encoder, root, out, cpu, batch, workers, chunk_size=4096, progress="none")
-        return time.perf_counter() - start
+        return since(start)
 
     bare_forward(backbone, batch, batch)  # warm-up: oneDNN primitives, and embed's imports (pyarrow, decoders)
     write_jpegs(tmp / "warm", 4, seed=1)
     embed(tmp / "warm")
-    embed_s, bare_s = [], []
+    embed_s: list[tuple[float, float]] = []
+    bare_s: list[tuple[float, float]] = []
     for r in range(repeats):  # interleaved, alternating which goes first
         for label in ("bare", "embed") if r % 2 == 0 else ("embed", "bare"):
             if label == "bare":
                 bare_s.append(bare_forward(backbone, n, batch))
             else:
                 embed_s.append(embed(folder))
-        print(f"  {name} repeat {r + 1}: bare {n / bare_s[-1]:.1f} img/s, embed {n / embed_s[-1]:.1f} img/s",
-              flush=True)
-    ratios = [b / e for b, e in zip(bare_s, embed_s, strict=True)]
-    bf16 = n / bare_forward(backbone, n, batch, bf16=True)
-    print(f"{name} 224px, {n} JPEGs, batch {batch}, fp32: bare forward {n / statistics.median(bare_s):.1f} img/s, "
-          f"embed {n / statistics.median(embed_s):.1f} img/s; embed/bare = {statistics.median(ratios):.3f} "
-          f"(paired median; each repeat {', '.join(f'{r:.3f}' for r in ratios)}); "
-          f"bare forward under bf16 autocast {bf16:.1f} img/s", flush=True)
+        print(f"  {name} repeat {r + 1}: bare {n / bare_s[-1][0]:.1f} img/s ({bare_s[-1][1] / n * 1e3:.0f} ms CPU/img), "
+              f"embed {n / embed_s[-1][0]:.1f} img/s ({embed_s[-1][1] / n * 1e3:.0f} ms CPU/img)", flush=True)
+    wall = [b[0] / e[0] for b, e in zip(bare_s, embed_s, strict=True)]
+    cpu = [b[1] / e[1] for b, e in zip(bare_s, embed_s, strict=True)]
+    bf16 = n / bare_forward(backbone, n, batch, bf16=True)[0]
+    print(f"{name} 224px, {n} JPEGs, batch {batch}, fp32: bare forward "
+          f"{n / statistics.median(b[0] for b in bare_s):.1f} img/s, embed {n / statistics.median(e[0] for e in embed_s):.1f}"
+          f" img/s; embed/bare throughput = {statistics.median(wall):.3f} by wall time (paired median; each repeat "
+          f"{', '.join(f'{r:.3f}' for r in wall)}), {statistics.median(cpu):.3f} by CPU time (each "
+          f"{', '.join(f'{r:.3f}' for r in cpu)}); bare forward under bf16 autocast {bf16:.1f} img/s", flush=True)
 
 
 def speed(names: list[str], counts: list[int], batch: int, repeats: int, workers: int) -> None:
