@@ -102,13 +102,14 @@ def speed_one(name: str, n: int, batch: int, repeats: int, workers: int, tmp: Pa
                 bare_s.append(bare_forward(backbone, n, batch))
             else:
                 embed_s.append(embed(folder))
-        print(f"  {name} repeat {r + 1}: bare {n / bare_s[-1][0]:.1f} img/s ({bare_s[-1][1] / n * 1e3:.0f} ms CPU/img), "
-              f"embed {n / embed_s[-1][0]:.1f} img/s ({embed_s[-1][1] / n * 1e3:.0f} ms CPU/img)", flush=True)
+        (bw, bc), (ew, ec) = bare_s[-1], embed_s[-1]
+        print(f"  {name} repeat {r + 1}: bare {n / bw:.1f} img/s ({bc / n * 1e3:.0f} ms CPU/img), "
+              f"embed {n / ew:.1f} img/s ({ec / n * 1e3:.0f} ms CPU/img)", flush=True)
     wall = [b[0] / e[0] for b, e in zip(bare_s, embed_s, strict=True)]
     cpu = [b[1] / e[1] for b, e in zip(bare_s, embed_s, strict=True)]
     bf16 = n / bare_forward(backbone, n, batch, bf16=True)[0]
-    print(f"{name} 224px, {n} JPEGs, batch {batch}, fp32: bare forward "
-          f"{n / statistics.median(b[0] for b in bare_s):.1f} img/s, embed {n / statistics.median(e[0] for e in embed_s):.1f}"
+    bare_rate, embed_rate = (n / statistics.median(t[0] for t in ts) for ts in (bare_s, embed_s))
+    print(f"{name} 224px, {n} JPEGs, batch {batch}, fp32: bare forward {bare_rate:.1f} img/s, embed {embed_rate:.1f}"
           f" img/s; embed/bare throughput = {statistics.median(wall):.3f} by wall time (paired median; each repeat "
           f"{', '.join(f'{r:.3f}' for r in wall)}), {statistics.median(cpu):.3f} by CPU time (each "
           f"{', '.join(f'{r:.3f}' for r in cpu)}); bare forward under bf16 autocast {bf16:.1f} img/s", flush=True)
