@@ -1,9 +1,9 @@
 """Embeddings of a folder of image files, streamed, resumable and written atomically.
 
 Every image under the folder (recursively, any extension of `sslkit.data.imagefolder.EXTENSIONS`,
-sorted by path) goes through the encoder's own evaluation view (`eval_transform` at the image size,
-mean and std it was trained with) and the backbone in eval mode: the features `sslkit eval knn`
-computes for the same files. Work is done in chunks of `chunk_size` images; each chunk is written
+sorted by path) goes through the encoder's own evaluation view (`eval_transform`'s resize, crop and
+normalisation at the image size, mean and std it was trained with) and the backbone in eval mode:
+the features `sslkit eval knn` computes for the same files (to float rounding). Work is done in chunks of `chunk_size` images; each chunk is written
 to `<out>/.chunks/` and recorded in `<out>/manifest.json` (both atomically), so a killed embed
 continues at the first missing chunk and ends with the same files as an uninterrupted one. Memory
 holds one chunk of embeddings, whatever the number of images.
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from sslkit.data.imagefolder import EXTENSIONS, decode, list_images, warn_unreadable
+from sslkit.data.imagefolder import EXTENSIONS, decode, list_images, resize_center_crop, warn_unreadable
 from sslkit.errors import ConfigError, DataError
 from sslkit.files import atomic_path, write_json
 
@@ -106,36 +106,40 @@ def images_digest(root: Path, paths: Sequence[str]) -> str:
 
 
 class FileImages(Dataset):
-    """Images decoded from `paths` and put through `transform`; an unreadable file is named once on
-    stderr and comes back as zeros with ok=False (the caller drops it)."""
+    """Images decoded from `paths`, short side to `image_size` and centre-cropped, still uint8 (the
+    batch is normalised at once: `batch_eval_preprocess`); an unreadable file is named once on stderr
+    and comes back as zeros with ok=False (the caller drops it)."""
 
-    def __init__(self, paths: Sequence[str], transform: Any, image_size: int) -> None:
-        self.paths, self.transform, self.image_size = list(paths), transform, image_size
+    def __init__(self, paths: Sequence[str], image_size: int) -> None:
+        self.paths, self.image_size = list(paths), image_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, bool]:
         try:
-            return self.transform(decode(self.paths[index])), True
+            return resize_center_crop(decode(self.paths[index]), self.image_size), True
         except DataError as exc:
             warn_unreadable(exc)
-            return torch.zeros(3, self.image_size, self.image_size), False
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), False
 
 
 @torch.no_grad()
 def embed_batches(encoder: Encoder, paths: Sequence[str], batches: Sequence[Sequence[int]], device: torch.device,
                   workers: int = 0) -> Iterator[tuple[Sequence[int], np.ndarray, np.ndarray]]:
-    """(indices, (B, D) float32 features, (B,) ok) for each batch of indices into `paths`, in order."""
-    from sslkit.augment import eval_transform
+    """(indices, (B, D) float32 features, (B,) ok) for each batch of indices into `paths`, in order.
 
-    dataset = FileImages(paths, eval_transform(encoder.image_size, list(encoder.mean), list(encoder.std)),
-                         encoder.image_size)
-    loader = DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    The view is `eval_transform`'s, split in two: resize and crop per image (uint8, in the loader), then
+    scaling and normalising per batch on the device, which costs a fraction of per-image tensor ops."""
+    from sslkit.augment import batch_eval_preprocess
+
+    loader = DataLoader(FileImages(paths, encoder.image_size), batch_sampler=[list(b) for b in batches],
+                        num_workers=workers, pin_memory=device.type == "cuda")
     backbone = encoder.backbone.to(device).eval()
+    size, mean, std = encoder.image_size, list(encoder.mean), list(encoder.std)
     for idx, (x, ok) in zip(batches, loader, strict=True):
-        feats = backbone(x.to(device, non_blocking=True)).float().cpu().numpy()
+        x = batch_eval_preprocess(x.to(device, non_blocking=True), size, mean, std)
+        feats = backbone(x).float().cpu().numpy()
         yield idx, feats, ok.numpy().astype(bool)
 
 
