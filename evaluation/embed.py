@@ -3,10 +3,11 @@
 Every image under the folder (recursively, any extension of `sslkit.data.imagefolder.EXTENSIONS`,
 sorted by path) goes through the encoder's own evaluation view (`eval_transform`'s resize, crop and
 normalisation at the image size, mean and std it was trained with) and the backbone in eval mode:
-the features `sslkit eval knn` computes for the same files (to float rounding). Work is done in chunks of `chunk_size` images; each chunk is written
-to `<out>/.chunks/` and recorded in `<out>/manifest.json` (both atomically), so a killed embed
-continues at the first missing chunk and ends with the same files as an uninterrupted one. Memory
-holds one chunk of embeddings, whatever the number of images.
+the features `sslkit eval knn` computes for the same files (to float rounding). Work is done in
+chunks of `chunk_size` images; each chunk is written to `<out>/.chunks/` and recorded in
+`<out>/manifest.json` (both atomically), so a killed embed continues at the first missing chunk and
+ends with the same files as an uninterrupted one. Memory holds one chunk of embeddings, whatever
+the number of images.
 
 Outputs: `embeddings.parquet` (path, embedding, label where class folders give one),
 `embeddings.npy` (N, D) float32 in the same order, `paths.txt`, and `manifest.json`. Unreadable files
