@@ -144,12 +144,16 @@ def load_index(directory: Path) -> Index:
     return Index(index, meta, directory)
 
 
-def duplicate_pairs(index: Index, threshold: float, k: int = 20, batch: int = 4096
+MAX_PAIRS = 1_000_000
+
+
+def duplicate_pairs(index: Index, threshold: float, k: int = 20, batch: int = 4096, max_pairs: int = MAX_PAIRS
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i < j) of rows with cosine >= `threshold`: (a, b, cosine), most similar first.
 
     Flat and IVF indexes answer a range search (all pairs for flat, exact); HNSW answers the k nearest of
-    each row, so a row with more than k - 1 duplicates reports only k - 1 of them."""
+    each row, so a row with more than k - 1 duplicates reports only k - 1 of them. More than `max_pairs`
+    pairs is a one-line ConfigError: the threshold is below what separates duplicates for this encoder."""
     import faiss
 
     if not -1.0 <= threshold <= 1.0:
@@ -169,6 +173,10 @@ def duplicate_pairs(index: Index, threshold: float, k: int = 20, batch: int = 40
         found_a.append(np.minimum(a, idx)[keep])
         found_b.append(np.maximum(a, idx)[keep])
         found_s.append(sims[keep])
+        if sum(len(f) for f in found_s) > 2 * max_pairs:
+            raise ConfigError(f"more than {max_pairs} pairs have cosine >= {threshold:g} (after {start + len(rows)} of "
+                              f"{vectors.shape[0]} images): this encoder puts many images that close; raise "
+                              "threshold= (or max_pairs=)")
     a, b, s = (np.concatenate(v).astype(t) for v, t in ((found_a, np.int64), (found_b, np.int64),
                                                          (found_s, np.float32)))
     order = np.lexsort((b, a, np.negative(s)))  # most similar first, then by rows

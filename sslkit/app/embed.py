@@ -187,8 +187,9 @@ def dedupe_command(overrides: list[str]) -> int:
     from sslkit.evaluation.index import Index, build_index, duplicate_pairs, load_index
     from sslkit.files import write_text_atomic
 
-    opts = key_values(overrides, {"index", "embeddings", "threshold", "out", "grid", "k"})
+    opts = key_values(overrides, {"index", "embeddings", "threshold", "out", "grid", "k", "max_pairs"})
     threshold, grid, k = _float(opts, "threshold", 0.95), _int(opts, "grid", 16), _int(opts, "k", 20)
+    max_pairs = _int(opts, "max_pairs", 1_000_000)
     start = time.perf_counter()
     if opts.get("index"):
         index = load_index(Path(opts["index"]))
@@ -201,7 +202,7 @@ def dedupe_command(overrides: list[str]) -> int:
                                                      "source": manifest.get("source")}, embed_dir)
     else:
         raise ConfigError("dedupe needs index=<folder with index.faiss> or embeddings=<folder from sslkit embed>")
-    a, b, s = duplicate_pairs(index, threshold, k)
+    a, b, s = duplicate_pairs(index, threshold, k, max_pairs=max_pairs)
     paths = index.paths()
     out = writable_dir(Path(opts["out"]) if opts.get("out") else index.directory / "dedupe")
     table = io.StringIO()

@@ -246,3 +246,9 @@ def test_out_naming_an_embed_of_other_images_is_one_line(ckpt, folder, tmp_path,
     _one_line(capsys, "holds an embed of other images", "choose a new out=")
     assert _embed(ckpt, folder / "dog", tmp_path / "e") == 0  # the same images: nothing to redo
     assert "embedded 5 images" in capsys.readouterr().out
+
+
+def test_a_threshold_that_pairs_everything_is_one_line(indexed, tmp_path, capsys):
+    """16 images, 120 pairs at threshold -1: more than max_pairs=50 stops with a hint instead of filling memory."""
+    assert main(["dedupe", f"index={indexed / 'e'}", "threshold=-1", "max_pairs=50", f"out={tmp_path / 'd'}"]) == 2
+    _one_line(capsys, "more than 50 pairs", "raise threshold=")
