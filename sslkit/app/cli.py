@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     x = sub.add_parser("export", help="write a checkpoint's backbone for torchvision, timm, ONNX or TorchScript",
                        description="Write the backbone of checkpoint=<run dir or .pt> to out=<file> (default "
-                       "<run dir>/backbone.pt) in format=torchvision|timm|onnx|torchscript (default: torchvision "
-                       "for its ResNets, timm for timm backbones), with <file>.json saying how to load it.")
+                       "<run dir>/backbone_<format>.pt, backbone.onnx) in format=torchvision|timm|onnx|torchscript "
+                       "(default: torchvision for its ResNets, timm for timm backbones), with <file>.json saying how "
+                       "to load it.")
     x.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     for name, short, long in APPLY:
         a = sub.add_parser(name, help=short, description=long)

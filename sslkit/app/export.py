@@ -1,5 +1,6 @@
-"""`sslkit export` and `sslkit checkpoint upgrade`: a trained backbone as a plain state_dict for
-torchvision / timm models, and old checkpoints converted to the current format."""
+"""`sslkit export` and `sslkit checkpoint upgrade`: a trained backbone for torchvision, timm, ONNX or
+TorchScript (`sslkit.evaluation.exports`), training's plain `backbone.pt`, and old checkpoints converted
+to the current format."""
 
 from __future__ import annotations
 
