@@ -30,29 +30,44 @@ def thumbnail(path: str, size: int = 96) -> np.ndarray:
         return np.full((size, size, 3), 128, dtype=np.uint8)
 
 
-def plot_rows(rows: Rows, path: Path, title: str, first: str = "query") -> Path:
-    """A grid: the row's first image framed in blue, then its neighbours titled with their cosine."""
+#: one picture of a grid: (image path, title, frame colour)
+Cell = tuple[str, str, str]
+
+
+def plot_cells(cells: Sequence[Sequence[Cell]], path: Path, title: str) -> Path:
+    """A grid of thumbnails, one row per list of cells, each titled and framed."""
     from matplotlib.figure import Figure
 
-    cols = 1 + max((len(n) for _, n in rows), default=0)
-    fig = Figure(figsize=(cols * 0.95 + 0.2, len(rows) * 1.05 + 0.5), layout="constrained")
-    axes = fig.subplots(max(1, len(rows)), cols, squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.3})
+    cols = max((len(r) for r in cells), default=1)
+    fig = Figure(figsize=(max(cols * 0.95, 4.0) + 0.2, len(cells) * 1.05 + 0.5), layout="constrained")
+    axes = fig.subplots(max(1, len(cells)), cols, squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.3})
     for ax in axes.flat:
         ax.set_axis_off()
-    for r, (image, neighbours) in enumerate(rows):
-        ax = axes[r, 0]
-        ax.set_axis_on()
-        ax.imshow(thumbnail(image))
-        ax.set_title(first, fontsize=6, color="tab:blue", pad=2)
-        frame_axes(ax, "tab:blue")
-        for c, (other, cosine) in enumerate(neighbours):
-            ax = axes[r, c + 1]
+    for r, row in enumerate(cells):
+        for c, (image, caption, color) in enumerate(row):
+            ax = axes[r, c]
             ax.set_axis_on()
-            ax.imshow(thumbnail(other))
-            ax.set_title(f"{cosine:.3f}", fontsize=6, pad=2)
-            frame_axes(ax, "tab:gray")
+            ax.imshow(thumbnail(image))
+            ax.set_title(caption, fontsize=6, color=color if color != "tab:gray" else "black", pad=2)
+            frame_axes(ax, color)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path, dpi=100)
+
+
+def plot_rows(rows: Rows, path: Path, title: str) -> Path:
+    """Search results: each query framed in blue, then its neighbours titled with their cosine."""
+    return plot_cells([[(q, "query", "tab:blue"), *((o, f"{c:.3f}", "tab:gray") for o, c in ns)] for q, ns in rows],
+                      path, title)
+
+
+def plot_pairs(pairs: Sequence[tuple[str, str, float]], path: Path, title: str, per_row: int = 4) -> Path:
+    """Near-duplicate pairs, `per_row` to a row: the first image framed in blue, its partner titled with the cosine."""
+    cells: list[list[Cell]] = []
+    for n, (a, b, cosine) in enumerate(pairs):
+        if n % per_row == 0:
+            cells.append([])
+        cells[-1] += [(a, f"#{n + 1}", "tab:blue"), (b, f"{cosine:.4f}", "tab:gray")]
+    return plot_cells(cells, path, title)
 
 
 def _img(path: str, size: int = 112) -> str:

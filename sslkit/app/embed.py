@@ -183,7 +183,7 @@ def dedupe_command(overrides: list[str]) -> int:
     """`sslkit dedupe index=<dir> [threshold=0.95] [out=<dir>] [grid=16] [k=20]` (or embeddings=<embed dir>)."""
     from sslkit.engine.outputs import writable_dir
     from sslkit.evaluation.embed import read_embeddings, read_manifest
-    from sslkit.evaluation.gallery import plot_rows, write_html
+    from sslkit.evaluation.gallery import plot_pairs, write_html
     from sslkit.evaluation.index import Index, build_index, duplicate_pairs, load_index
     from sslkit.files import write_text_atomic
 
@@ -211,11 +211,11 @@ def dedupe_command(overrides: list[str]) -> int:
     writer.writerows((paths[i], paths[j], f"{c:.6f}") for i, j, c in zip(a.tolist(), b.tolist(), s.tolist(),
                                                                           strict=True))
     write_text_atomic(table.getvalue(), out / "pairs.csv")
-    rows = [(paths[i], [(paths[j], float(c))]) for i, j, c in zip(a[:grid].tolist(), b[:grid].tolist(),
-                                                                   s[:grid].tolist(), strict=True)]
-    title = f"{len(a)} pairs with cosine >= {threshold:g} among {index.meta['count']} images (top {len(rows)})"
-    png = plot_rows(rows, out / "pairs.png", title, first="image")
-    page = write_html(rows, out / "pairs.html", title, first="image")
+    top = [(paths[i], paths[j], float(c)) for i, j, c in zip(a[:grid].tolist(), b[:grid].tolist(),
+                                                              s[:grid].tolist(), strict=True)]
+    title = f"{len(a)} pairs with cosine >= {threshold:g} among {index.meta['count']} images (top {len(top)})"
+    png = plot_pairs(top, out / "pairs.png", title)
+    page = write_html([(x, [(y, c)]) for x, y, c in top], out / "pairs.html", title, first="image")
     for i, j, c in zip(a[:PRINTED_QUERIES].tolist(), b[:PRINTED_QUERIES].tolist(), s[:PRINTED_QUERIES].tolist(),
                        strict=True):
         print(f"{c:.4f}  {paths[i]}  {paths[j]}")
