@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sslkit.config import as_dict
@@ -17,6 +17,7 @@ from sslkit.engine.outputs import backbone_name
 from sslkit.errors import CheckpointError
 from sslkit.nn.backbones import backbone_from_checkpoint
 
+from .exports import meta_path, read_export
 from .features import Features, load_features
 
 
@@ -55,7 +56,13 @@ class EvalContext:
 
 
 def load_trained(path: str | Path) -> TrainedBackbone:
-    """Load a checkpoint on the CPU and rebuild its backbone from the checkpoint's own config."""
+    """Load a checkpoint on the CPU and rebuild its backbone from the checkpoint's own config; a
+    torchvision or timm file from `sslkit export` (its `.json` beside it) gives its backbone and view."""
+    candidate = Path(path)
+    if candidate.is_file() and meta_path(candidate).is_file():
+        meta, backbone = read_export(candidate)
+        config = OmegaConf.create({"backbone": meta["backbone"], "data": meta["data"]})
+        return TrainedBackbone(candidate.resolve(), config, backbone)
     opened = ckpt_io.open_checkpoint(path)
     state, file = opened.checkpoint, opened.file
     if "config" not in state or "method" not in state:

@@ -84,7 +84,7 @@ def plot_grid(panels: Sequence[tuple[str, Tensor]], queries: Sequence[int], trai
             ax = axes[r, 0]
             ax.imshow(image(test_ds, q))
             ax.set_title(names[q_label], fontsize=6, color="tab:blue", pad=2)
-            _frame(ax, "tab:blue")
+            frame_axes(ax, "tab:blue")
             for c in range(k):
                 n = int(idx[r, c])
                 label = int(train_labels[n])
@@ -93,7 +93,7 @@ def plot_grid(panels: Sequence[tuple[str, Tensor]], queries: Sequence[int], trai
                 same = label == q_label
                 hits += same
                 ax.set_title(names[label], fontsize=6, color="black" if same else "tab:red", pad=2)
-                _frame(ax, "tab:green" if same else "tab:red")
+                frame_axes(ax, "tab:green" if same else "tab:red")
                 if not same:
                     ax.text(0.97, 0.97, "x", transform=ax.transAxes, ha="right", va="top", fontsize=8,
                             color="white", fontweight="bold",
@@ -102,7 +102,7 @@ def plot_grid(panels: Sequence[tuple[str, Tensor]], queries: Sequence[int], trai
     return save_figure(fig, path, dpi=100)
 
 
-def _frame(ax: Any, color: str) -> None:
+def frame_axes(ax: Any, color: str) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():

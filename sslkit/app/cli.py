@@ -1,5 +1,5 @@
 """The `sslkit` command: train, eval {knn,linear,batch-compare,...}, study {table1,table2}, demo, report,
-export, checkpoint upgrade, methods.
+export, embed, index, search, dedupe, checkpoint upgrade, methods.
 
 User errors become one line on stderr and exit code 2. Training stopped by SIGINT, SIGTERM or SIGUSR1
 checkpoints at a step boundary and exits with 128 + the signal number (130, 143, 138); see
@@ -19,6 +19,24 @@ from sslkit.overrides import check_form, key_values
 
 OVERRIDES_HELP = ("Hydra-style overrides: group=option (method=mocov2 backbone=resnet50 data=cifar10) "
                   "and key=value (data.batch_size=128 trainer.max_steps=100 out=runs/x seed=1).")
+
+
+#: the commands that apply a trained encoder (sslkit.app.embed): name, help, description
+APPLY = (
+    ("embed", "embed every image under a folder with a trained encoder (Parquet, .npy, paths)",
+     "checkpoint=<run dir, checkpoint or exported .pt> data=imagefolder data.root=<folder> out=<folder> "
+     "[data.batch_size=256] [embed.chunk_size=4096] [device=auto]: embeddings of every image under the folder "
+     "(recursively) with the encoder's own evaluation view, streamed and resumable (the same out= continues)."),
+    ("index", "build a FAISS index of an embed (exact up to 1M vectors, IVF above)",
+     "embeddings=<embed folder> [out=<folder>] [index.kind=auto|flat|ivf|hnsw] [index.nlist=N]: a cosine "
+     "nearest-neighbour index, saved as index.faiss + index.json (in the embed folder by default)."),
+    ("search", "the nearest images of a query image or folder: printed, CSV, PNG grid and HTML",
+     "index=<folder with index.faiss> query=<image or folder> [k=10] [out=<folder>] [grid=16]: the k nearest "
+     "indexed images of each query by cosine, with the encoder that built the index."),
+    ("dedupe", "near-duplicate pairs above a cosine threshold: CSV and a grid of the top pairs",
+     "index=<folder with index.faiss> (or embeddings=<embed folder>) [threshold=0.95] [out=<folder>] [grid=16]: "
+     "every pair of images whose embeddings have cosine similarity >= threshold."),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,10 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write <run dir>/report.html: config, curves, evaluations, pictures",
                        description="One self-contained HTML page for checkpoint=<run dir> (out=<file> to move it).")
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    x = sub.add_parser("export", help="write a checkpoint's backbone as a plain state_dict",
+    x = sub.add_parser("export", help="write a checkpoint's backbone for torchvision, timm, ONNX or TorchScript",
                        description="Write the backbone of checkpoint=<run dir or .pt> to out=<file> (default "
-                       "<run dir>/backbone.pt) as a state_dict for torchvision/timm models.")
+                       "<run dir>/backbone_<format>.pt, backbone.onnx) in format=torchvision|timm|onnx|torchscript "
+                       "(default: torchvision for its ResNets, timm for timm backbones), with <file>.json saying how "
+                       "to load it.")
     x.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    for name, short, long in APPLY:
+        a = sub.add_parser(name, help=short, description=long)
+        a.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     c = sub.add_parser("checkpoint", help="checkpoint tools: upgrade an old-format checkpoint",
                        description="Checkpoint tools.")
     csub = c.add_subparsers(dest="action", metavar="ACTION")
@@ -126,6 +149,10 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
         return cmd_demo(overrides)
     if args.command == "report":
         return cmd_report(overrides)
+    if args.command in {name for name, _, _ in APPLY}:
+        from sslkit.app import embed
+
+        return int(getattr(embed, f"{args.command}_command")(overrides))
     if args.command == "checkpoint":
         from sslkit.app.export import upgrade_command
 

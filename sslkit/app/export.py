@@ -1,5 +1,6 @@
-"""`sslkit export` and `sslkit checkpoint upgrade`: a trained backbone as a plain state_dict for
-torchvision / timm models, and old checkpoints converted to the current format."""
+"""`sslkit export` and `sslkit checkpoint upgrade`: a trained backbone for torchvision, timm, ONNX or
+TorchScript (`sslkit.evaluation.exports`), training's plain `backbone.pt`, and old checkpoints converted
+to the current format."""
 
 from __future__ import annotations
 
@@ -36,17 +37,26 @@ def export_backbone(backbone: nn.Module, path: Path) -> Path:
 
 
 def export_command(overrides: list[str]) -> int:
-    """`sslkit export checkpoint=<run dir or .pt> [out=<file>]`."""
-    opts = key_values(overrides, {"checkpoint", "out"})
+    """`sslkit export checkpoint=<run dir or .pt> [format=torchvision|timm|onnx|torchscript] [out=<file>]`."""
+    from sslkit.evaluation.exports import check_format, natural_format, write_export
+
+    opts = key_values(overrides, {"checkpoint", "out", "format"})
+    fmt = check_format(opts["format"]) if opts.get("format") else None
     if not opts.get("checkpoint"):
         raise ConfigError("export needs checkpoint=<run dir or checkpoint .pt>")
     saved, run_dir = ckpt.load_run(opts["checkpoint"])
-    out = Path(opts["out"]) if opts.get("out") else run_dir / "backbone.pt"
-    if opts.get("out"):  # the default <run dir>/backbone.pt is the run's own export; anything else must be new
+    config = ckpt.config_of(saved)
+    fmt = fmt or natural_format(as_dict(config.backbone))
+    default = f"backbone_{fmt}.pt" if fmt != "onnx" else "backbone.onnx"  # beside training's plain backbone.pt
+    out = Path(opts["out"]) if opts.get("out") else run_dir / default
+    if opts.get("out"):  # the default <run dir>/backbone_<format> is the run's own export; anything else must be new
         new_file(out)
-    backbone = backbone_from_checkpoint(as_dict(ckpt.config_of(saved).backbone), saved)
-    path = export_backbone(backbone, out)
-    print(f"exported backbone ({sum(p.numel() for p in backbone.parameters())} parameters) to {path}")
+    backbone = backbone_from_checkpoint(as_dict(config.backbone), saved)
+    source = str(Path(opts["checkpoint"]).resolve())
+    meta = write_export(backbone, as_dict(config.backbone), as_dict(config.data), fmt, out, source)
+    check = f", max |diff| vs PyTorch {meta['max_abs_diff']:.2g}" if "max_abs_diff" in meta else ""
+    print(f"exported backbone ({sum(p.numel() for p in backbone.parameters())} parameters, format={fmt}{check}) "
+          f"to {out} (how to load it: {out.name}.json)")
     return 0
 
 

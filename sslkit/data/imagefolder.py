@@ -152,6 +152,11 @@ def decode(path: str) -> Tensor:
     return img
 
 
+def warn_unreadable(exc: DataError) -> None:
+    """The one line naming a skipped file (once per file: callers keep count)."""
+    print(f"sslkit: warning: skipping unreadable image: {exc}", file=sys.stderr, flush=True)
+
+
 def resize_center_crop(img: Tensor, size: int) -> Tensor:
     """Resize so the short side is `size`, then crop the central size x size square."""
     if img.shape[-2:] != (size, size):
@@ -226,7 +231,7 @@ class ImageFolderDataset(Dataset):
                     raise DataError(f"{exc} ({count} of {n} images unreadable, more than "
                                     f"data.max_bad_fraction={self.max_bad_fraction:g})") from None
                 if first:
-                    print(f"sslkit: warning: skipping unreadable image: {exc}", file=sys.stderr, flush=True)
+                    warn_unreadable(exc)
         raise DataError(f"none of the {n} images under data.root can be decoded")
 
     def bad_count(self) -> int:

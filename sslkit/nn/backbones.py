@@ -81,6 +81,8 @@ def _timm_model(name: str, image_size: int | None = None) -> tuple[nn.Module, in
 BackboneBuilder = Callable[[Mapping[str, Any]], tuple[nn.Module, int]]
 #: `backbone.name` -> builder: torchvision ResNets, timm, the `sslkit.backbones` entry points, `package.module:build`
 BACKBONES: Registry[BackboneBuilder] = Registry("backbone", "sslkit.backbones")
+#: the torchvision ResNets among them (their weights load into `torchvision.models.<name>`)
+TORCHVISION = ("resnet18", "resnet34", "resnet50")
 
 
 @BACKBONES.register("resnet18")

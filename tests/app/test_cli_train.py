@@ -50,8 +50,9 @@ def test_train_writes_the_run_directory_and_export_loads_into_torchvision(tmp_pa
 
     res = run_cli("export", f"checkpoint={out}", f"out={tmp_path / 'exported.pt'}")
     assert res.returncode == 0, res.stderr
-    again = torch.load(tmp_path / "exported.pt", weights_only=True)
-    assert again.keys() == sd.keys() and all(torch.equal(again[k], sd[k]) for k in sd)
+    again = torch.load(tmp_path / "exported.pt", weights_only=True)  # format=torchvision: plus an identity fc
+    assert again.keys() == sd.keys() | {"fc.weight", "fc.bias"} and all(torch.equal(again[k], sd[k]) for k in sd)
+    assert torch.equal(again["fc.weight"], torch.eye(512))
 
 
 @pytest.mark.slow  # 2 ResNet-50 steps: about a minute on 2 shared cores
