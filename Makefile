@@ -50,10 +50,11 @@ test-slow: setup chromium
 test-all: setup chromium
 	$(BIN)/pytest -q -m "slow or not slow"
 
-# Mutation testing (cosmic-ray) of the contrastive core and the methods against their fast tests;
-# slow (hours on 2 cores), not part of `make test`. Result and survivors: docs/testing.md.
+# Mutation testing (cosmic-ray) of the core, one module group at a time against its own fast tests;
+# slow (shards of about an hour on 2 cores), not part of `make test`. Results: docs/testing.md.
+# one shard (about an hour each): make mutation SHARD=engine; shards and groups in mutation/run.py
 mutation: setup
-	$(BIN)/python mutation/run.py
+	nice -n 19 $(BIN)/python mutation/run.py $(SHARD)
 
 # ruff, then mypy over the installed layout (tools/typecheck.py; settings in pyproject's [tool.mypy])
 lint: setup
