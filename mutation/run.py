@@ -27,7 +27,8 @@ T = "tests/"
 MOCO_TESTS = "tests/methods/test_moco.py tests/methods/test_moco_wiring.py"
 SIMCLR_TESTS = "tests/methods/test_simclr.py tests/methods/test_simclr_wiring.py"
 AUGMENT_TESTS = "tests/augment"
-OPTIM_TESTS = "tests/engine/test_optim_schedule.py tests/engine/test_optimiser_steps.py tests/engine/test_lr_every_step.py"
+OPTIM_TESTS = ("tests/engine/test_optim_schedule.py tests/engine/test_optimiser_steps.py "
+               "tests/engine/test_lr_every_step.py")
 # One group per module: the module and the fast tests that exercise it (its own tests first, so that
 # `pytest -x` stops early). Every mutant runs only its group's tests.
 GROUPS: dict[str, tuple[list[str], str]] = {
@@ -83,8 +84,8 @@ GROUPS: dict[str, tuple[list[str], str]] = {
                                   f"{SIMCLR_TESTS} tests/engine/test_loop_wiring.py"),
     # shard evaluation
     "knn": (["evaluation/knn.py"], "tests/evaluation/test_knn.py tests/evaluation/test_knn_properties.py"),
-    "linear": (["evaluation/linear.py"], "tests/evaluation/test_linear_eval.py "
-                                         "tests/evaluation/test_linear_protocol_wiring.py tests/evaluation/test_probe_lr.py"),
+    "linear": (["evaluation/linear.py"], "tests/evaluation/test_probe_lr.py tests/evaluation/test_linear_eval.py "
+                                         "tests/evaluation/test_linear_protocol_wiring.py"),
     "features": (["evaluation/features.py"], "tests/evaluation/test_eval_features.py"),
     "detect_metric": (["evaluation/detection/metric.py"], "tests/evaluation/detection/test_detect_metric.py"),
 }
