@@ -27,8 +27,8 @@ T = "tests/"
 MOCO_TESTS = "tests/methods/test_moco.py tests/methods/test_moco_wiring.py"
 SIMCLR_TESTS = "tests/methods/test_simclr.py tests/methods/test_simclr_wiring.py"
 AUGMENT_TESTS = "tests/augment"
-OPTIM_TESTS = ("tests/engine/test_optim_schedule.py tests/engine/test_optimiser_steps.py "
-               "tests/engine/test_lr_every_step.py")
+OPTIM_TESTS = ("tests/engine/test_optimiser_steps.py tests/engine/test_lr_every_step.py "
+               "tests/engine/test_optim_schedule.py")
 # One group per module: the module and the fast tests that exercise it (its own tests first, so that
 # `pytest -x` stops early). Every mutant runs only its group's tests.
 GROUPS: dict[str, tuple[list[str], str]] = {
@@ -47,7 +47,7 @@ GROUPS: dict[str, tuple[list[str], str]] = {
     "lars": (["sslkit/engine/lars.py"], OPTIM_TESTS),
     "optim": (["sslkit/engine/optim.py"], OPTIM_TESTS),
     "schedule": (["sslkit/engine/schedule.py"], f"{OPTIM_TESTS} tests/test_config_warmup.py"),
-    "signals": (["sslkit/engine/signals.py"], "tests/engine/test_signals.py tests/engine/test_process_state.py"),
+    "signals": (["sslkit/engine/signals.py"], "tests/engine/test_process_state.py tests/engine/test_signals.py"),
     "loop": (["sslkit/engine/loop.py"],
              "tests/engine/test_loop_wiring.py tests/engine/test_process_state.py tests/engine/test_signals.py"),
     "state": (["sslkit/engine/state.py"], "tests/engine/test_resume.py tests/engine/test_loop_wiring.py"),
