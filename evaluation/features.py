@@ -26,7 +26,7 @@ from sslkit.data.base import num_images
 from sslkit.errors import DataError
 from sslkit.files import save_atomic
 
-CACHE_VERSION = 2  # 2: subsets are stratified and seeded (were the first N)
+CACHE_VERSION = 3  # 2: subsets are stratified and seeded (were the first N); 3: exact remainder ties
 KINDS = ("backbone", "pixels")
 
 
