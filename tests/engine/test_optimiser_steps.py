@@ -159,3 +159,22 @@ def test_a_resumed_optimiser_continues_its_momentum(name):
         opt.step()
     for p, q in zip(resumed.parameters(), straight.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_lars_defaults_are_simclrs():
+    """SimCLR (arXiv 2002.05709, Sec. B.1): momentum 0.9, weight decay 1e-6, trust coefficient 0.001."""
+    from sslkit.engine.lars import LARS
+
+    defaults = LARS([nn.Parameter(torch.zeros(2))], lr=0.1).defaults
+    assert {k: defaults[k] for k in ("momentum", "weight_decay", "trust_coefficient", "eps", "lars_exclude")} == {
+        "momentum": 0.9, "weight_decay": 1e-6, "trust_coefficient": 0.001, "eps": 1e-8, "lars_exclude": False}
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+def test_a_parameter_without_gradient_leaves_the_others_stepping(name):
+    """A frozen or unused parameter (grad None) first in its group: the parameters after it still step."""
+    first, second = nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.ones(2, 2))
+    opt = build_optimizer(nn.ParameterList([first, second]), {"name": name, "lr": 0.1, "lr_scaling": "none"}, 256)
+    second.grad = torch.ones(2, 2)
+    opt.step()
+    assert torch.equal(first, torch.ones(2, 2)) and bool((second < 1).all())
