@@ -48,3 +48,16 @@ def test_equal_remainders_go_to_the_smaller_label_exactly():
     labels = torch.tensor([0, 1, 1, 1, 1, 2])
     kept = labels[stratified_indices(labels, 4)]
     assert torch.bincount(kept, minlength=3).tolist() == [1, 3, 0]
+
+
+def test_many_tied_classes_still_go_to_the_smaller_labels():
+    """40 classes of one item, 10 to keep: every remainder is 1/4, so the 10 smallest labels. (torch's
+    unstable sort orders ties differently above 16 elements; the sort must be the stable one.)"""
+    labels = torch.arange(40).flip(0)  # stored in descending label order
+    assert sorted(labels[stratified_indices(labels, 10)].tolist()) == list(range(10))
+
+
+def test_the_default_seed_is_0():
+    labels = torch.arange(50) % 3
+    assert torch.equal(stratified_indices(labels, 20), stratified_indices(labels, 20, 0))
+    assert not torch.equal(stratified_indices(labels, 20, 0), stratified_indices(labels, 20, 1))

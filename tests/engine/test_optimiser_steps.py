@@ -178,3 +178,14 @@ def test_a_parameter_without_gradient_leaves_the_others_stepping(name):
     second.grad = torch.ones(2, 2)
     opt.step()
     assert torch.equal(first, torch.ones(2, 2)) and bool((second < 1).all())
+
+
+def test_lars_gives_a_zero_weight_the_plain_step():
+    """||w|| = 0 (a zero-initialised layer): trust 1, not 0, or the layer could never move."""
+    w = nn.Parameter(torch.zeros(3, 2, dtype=torch.float64))
+    opt = build_optimizer(nn.ParameterList([w]), {"name": "lars", "lr": 0.5, "lr_scaling": "none",
+                                                   "weight_decay": 0.1}, 256)
+    g = torch.arange(6, dtype=torch.float64).reshape(3, 2) - 2.5
+    w.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(w.detach(), -0.5 * g)
