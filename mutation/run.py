@@ -135,8 +135,10 @@ def run(group: str, resume: bool = False) -> None:
     if missing:
         raise SystemExit(f"{group}: test paths do not exist: {missing}")
     # the unmutated code must pass, or every mutant would count as killed
-    subprocess.run([sys.executable, *PYTEST.split()[1:], *tests], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    base = subprocess.run([sys.executable, *PYTEST.split()[1:], *tests], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    if base.returncode:
+        raise SystemExit(f"{group}: the unmutated code fails its tests:\n{base.stdout[-3000:]}")
     steps = [["cosmic_ray.cli", "exec", str(cfg), str(db)]]
     if not (resume and db.exists()):
         db.unlink(missing_ok=True)
