@@ -104,17 +104,25 @@ def test_a_fit_stopped_by_a_signal_leaves_the_process_as_it_found_it(tmp_path, c
     before = process_state()
     with pytest.raises(Interrupted) as stop:
         fit(inputs)
-    assert stop.value.signum == signal.SIGTERM and "after step 3" in str(stop.value)
+    assert stop.value.signum == signal.SIGTERM and stop.value.exit_code == 143
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert str(stop.value) == (f"stopped by SIGTERM after step 3; checkpoint written: {last}"
+                               f" (continue with trainer.resume={tmp_path})")
     assert_same(before, process_state())
 
 
+@pytest.mark.parametrize("at", [3, 5])  # before and after the first checkpoint (epoch 1 ends at step 4)
 def test_a_fit_stopped_at_once_by_a_second_ctrl_c_leaves_the_process_as_it_found_it(tmp_path, callers_handlers,
-                                                                                     one_torch_thread):
-    inputs = fit_inputs(tmp_path, signal_at=3, second=True)
+                                                                                     one_torch_thread, at):
+    inputs = fit_inputs(tmp_path, signal_at=at, second=True)
     before = process_state()
     with pytest.raises(Interrupted) as stop:
         fit(inputs)
-    assert "stopped at once by a second SIGINT" in str(stop.value)
+    assert stop.value.exit_code == 130
+    # the second SIGINT lands in step `at`'s after_step, when the counter already reads `at`
+    where = (f"the last checkpoint is {tmp_path / 'checkpoints' / 'last.pt'} (continue with trainer.resume={tmp_path})"
+             if at == 5 else "no checkpoint was written yet")
+    assert str(stop.value) == f"stopped at once by a second SIGINT during step {at + 1}; {where}"
     assert_same(before, process_state())
 
 
