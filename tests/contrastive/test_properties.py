@@ -103,3 +103,9 @@ def test_queue_pointer_and_contents_equal_key_by_key_pushes(size, pushes, seed):
         assert torch.equal(queue.keys, ring)
         assert int(queue.ptr) == pushed % size
         assert int(queue.filled) == min(size, pushed) and queue.fill == min(size, pushed) / size
+
+
+def test_a_queue_needs_at_least_one_slot():
+    with pytest.raises(ValueError, match="queue size must be >= 1"):
+        KeyQueue(0, 2)
+    assert KeyQueue(1, 2).size == 1

@@ -149,3 +149,18 @@ def test_an_evaluation_in_process_leaves_the_process_as_it_found_it(tmp_path, ca
                                     "eval.test_subset=50", "trainer.threads=2", f"out={tmp_path}"])  # tests: 1 thread
     assert result["top1"] > 0
     assert_same(before, process_state())
+
+
+def test_ctrl_c_after_another_stop_signal_still_finishes_the_step():
+    """Only a second SIGINT stops at once; SIGINT after SIGTERM or SIGUSR1 keeps the first request."""
+    from sslkit.engine.signals import StopFlag
+
+    for first in (signal.SIGTERM, signal.SIGUSR1):
+        flag = StopFlag()
+        flag._handle(first, None)
+        flag._handle(signal.SIGINT, None)
+        assert flag.signum == first
+    flag = StopFlag()
+    flag._handle(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        flag._handle(signal.SIGINT, None)

@@ -106,3 +106,12 @@ def test_a_seed_sweep_evaluates_a_different_subset_per_seed(tmp_path, monkeypatc
         seen.append((cached.cached, cached.feats))
     assert [c for c, _ in seen] == [False, False, False, True]
     assert not torch.equal(seen[0][1], seen[1][1]) and not torch.equal(seen[1][1], seen[2][1])
+
+
+def test_backbone_features_carry_no_graph():
+    from tests.conftest import TinyEncoder
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorImageDataset(torch.randint(0, 256, (6, 3, 8, 8), generator=g, dtype=torch.uint8), torch.arange(6) % 2, 2)
+    feats = F.backbone_features(TinyEncoder(4), ds, {**DATA, "image_size": 8}, torch.device("cpu"))
+    assert feats.shape == (6, 4) and not feats.requires_grad and feats.grad_fn is None
