@@ -50,9 +50,9 @@ test-slow: setup chromium
 test-all: setup chromium
 	$(BIN)/pytest -q -m "slow or not slow"
 
-# Mutation testing (cosmic-ray) of the core, one module group at a time against its own fast tests;
-# slow (shards of about an hour on 2 cores), not part of `make test`. Results: docs/testing.md.
-# one shard (about an hour each): make mutation SHARD=engine; shards and groups in mutation/run.py
+# Mutation testing (cosmic-ray) of the core, one module at a time against its own fast tests; not part
+# of `make test`. One shard (about an hour on 2 quiet cores): make mutation SHARD=engine; without SHARD,
+# every group (many hours). Shards and groups: mutation/run.py; results: docs/testing.md.
 mutation: setup
 	nice -n 19 $(BIN)/python mutation/run.py $(SHARD)
 
