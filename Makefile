@@ -50,10 +50,11 @@ test-slow: setup chromium
 test-all: setup chromium
 	$(BIN)/pytest -q -m "slow or not slow"
 
-# Mutation testing (cosmic-ray) of the contrastive core and the methods against their fast tests;
-# slow (hours on 2 cores), not part of `make test`. Result and survivors: docs/testing.md.
+# Mutation testing (cosmic-ray) of the core, one module at a time against its own fast tests; not part
+# of `make test`. One shard (about an hour on 2 quiet cores): make mutation SHARD=engine; without SHARD,
+# every group (many hours). Shards and groups: mutation/run.py; results: docs/testing.md.
 mutation: setup
-	$(BIN)/python mutation/run.py
+	nice -n 19 $(BIN)/python mutation/run.py $(SHARD)
 
 # ruff, then mypy over the installed layout (tools/typecheck.py; settings in pyproject's [tool.mypy])
 lint: setup

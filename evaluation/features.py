@@ -27,7 +27,7 @@ from sslkit.data.base import num_images
 from sslkit.errors import DataError, one_line
 from sslkit.files import remove_stale_temps, save_atomic
 
-CACHE_VERSION = 2  # 2: subsets are stratified and seeded (were the first N)
+CACHE_VERSION = 3  # 2: subsets are stratified and seeded (were the first N); 3: exact remainder ties
 KINDS = ("backbone", "pixels")
 
 
@@ -117,10 +117,15 @@ def pixel_features(dataset: Dataset, image_size: int, batch_size: int = 2048, de
 
 def cache_key(kind: str, split: str, subset: int | None, data: Mapping[str, Any],
               checkpoint: Path | None) -> str:
-    """A hash of everything the features depend on."""
+    """A hash of everything the features depend on, and of nothing else: the subset's seed only when
+    there is a subset (an unset seed is seed 0, as in `build_dataset`), values as plain numbers."""
+    mean, std = data.get("mean"), data.get("std")
     ident: dict[str, Any] = {
         "version": CACHE_VERSION, "kind": kind, "split": split, "subset": subset,
-        "data": {k: data.get(k) for k in ("name", "root", "image_size", "mean", "std", "subset_seed")},
+        "subset_seed": None if subset is None else int(data.get("subset_seed") or 0),
+        "data": {"name": data.get("name"), "root": data.get("root"), "image_size": int(data["image_size"]),
+                 "mean": None if mean is None else [float(v) for v in mean],
+                 "std": None if std is None else [float(v) for v in std]},
     }
     if kind == "backbone":
         if checkpoint is None:

@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+# Property tests (hypothesis): a bounded number of small examples, no per-example deadline (a loaded
+# machine is slow, not wrong). `HYPOTHESIS_PROFILE=ci` draws the same examples on every run (CI,
+# `make mutation`); `=thorough` draws many more.
+settings.register_profile("default", max_examples=25, deadline=None, database=None)
+settings.register_profile("ci", max_examples=25, deadline=None, database=None, derandomize=True)
+settings.register_profile("thorough", max_examples=500, deadline=None, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 class TinyEncoder(nn.Module):

@@ -1,5 +1,5 @@
-"""Plant each of issue 14's subtle wiring bugs in turn, run the fast tests that guard them, print which
-tests fail, and restore the file. From the repository root:
+"""Plant each of issue 14's subtle wiring bugs and issue 24's four survivors in turn, run the fast tests
+that guard them, print which tests fail, and restore the file. From the repository root:
 
     python tests/plant_wiring_bugs.py [NAME ...]
     PLANT_TESTS="tests/distributed/test_ddp_moco_keys.py -m slow" python tests/plant_wiring_bugs.py
@@ -42,18 +42,37 @@ BUGS: dict[str, list[Edit]] = {
         ("evaluation/linear.py", "            if sched is not None:\n                sched.step()\n", "")],
     "set_epoch_0": [("sslkit/engine/loop.py", "self.sampler.start_epoch(s.epoch, s.batch_in_epoch)",
                      "self.sampler.start_epoch(0, s.batch_in_epoch)")],
+    # issue 24: what persists across steps, calls and runs
+    "lars_dampening": [("sslkit/engine/lars.py", 'state["momentum_buffer"].mul_(group["momentum"]).add_(grad)',
+                        'state["momentum_buffer"].mul_(group["momentum"]).add_(grad, alpha=1 - group["momentum"])')],
+    "signal_handlers_not_restored": [
+        ("sslkit/engine/signals.py",
+         "        for s, handler in previous.items():\n            signal.signal(s, handler)\n", "        pass\n")],
+    "fast_probe_cosine_in_epochs": [("evaluation/linear.py", "CosineAnnealingLR(opt, settings.epochs * len(starts))",
+                                     "CosineAnnealingLR(opt, settings.epochs)")],
+    "cache_key_without_subset_seed": [
+        ("evaluation/features.py",
+         '        "subset_seed": None if subset is None else int(data.get("subset_seed") or 0),\n', "")],
 }
 TESTS = ["tests/contrastive", "tests/methods/test_moco.py", "tests/methods/test_moco_wiring.py",
          "tests/methods/test_simclr.py", "tests/engine/test_loop_wiring.py",
          "tests/evaluation/test_linear_protocol_wiring.py", "tests/evaluation/test_linear_eval.py"]
+# issue 24's bugs: the fast tests of the touched module (all of them are in `make test`)
+TESTS_OF = {
+    "lars_dampening": ["tests/engine/test_optimiser_steps.py", "tests/engine/test_optim_schedule.py"],
+    "signal_handlers_not_restored": ["tests/engine/test_process_state.py", "tests/engine/test_loop_wiring.py"],
+    "fast_probe_cosine_in_epochs": ["tests/evaluation/test_probe_lr.py", "tests/evaluation/test_linear_eval.py"],
+    "cache_key_without_subset_seed": ["tests/evaluation/test_cache_key.py", "tests/evaluation/test_eval_features.py"],
+}
 
 
 def main(names: list[str]) -> int:
-    tests = os.environ["PLANT_TESTS"].split() if os.environ.get("PLANT_TESTS") else TESTS
+    chosen = os.environ["PLANT_TESTS"].split() if os.environ.get("PLANT_TESTS") else None
     caught_all = True
     for name, edits in BUGS.items():
         if names and name not in names:
             continue
+        tests = chosen or TESTS_OF.get(name, TESTS)
         saved: dict[Path, str] = {}
         try:
             for path, old, new in edits:

@@ -25,10 +25,26 @@ EVALUATIONS = {
 
 
 def run_evaluation(name: str, overrides: list[str]) -> dict[str, Any]:
-    """Run evaluation `name` (`batch-compare` or `batch_compare`) with `overrides`; the JSON record plus `summary`."""
+    """Run evaluation `name` (`batch-compare` or `batch_compare`) with `overrides`; the JSON record plus `summary`.
+
+    Run in-process (a notebook, a study), it gives back torch's thread count and the global RNGs as it found them."""
     name = name.replace("_", "-")
     if name not in EVALUATIONS:
         raise ConfigError(f"unknown evaluation '{name}'; {suggestion(name, EVALUATIONS)}")
+    import torch
+
+    from sslkit.engine.checkpoint import rng_state, set_rng_state
+
+    threads, rng = torch.get_num_threads(), rng_state()
+    try:
+        return _evaluate(name, overrides)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        set_rng_state(rng)
+
+
+def _evaluate(name: str, overrides: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
     if name == "batch-compare":
         from sslkit.app.batch_compare import run_batch_compare

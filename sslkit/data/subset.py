@@ -22,11 +22,10 @@ def stratified_indices(labels: Tensor, n: int, seed: int = 0) -> Tensor:
     if n <= 0:
         return torch.zeros(0, dtype=torch.long)
     classes, counts = torch.unique(labels, return_counts=True)
-    exact = counts.double() * n / total
-    quota = exact.floor().long()
+    quota, remainder = counts * n // total, counts * n % total  # integers: equal remainders tie exactly
     short = n - int(quota.sum())
     if short:  # the classes with the largest remainders get one more (ties: the smaller label)
-        order = torch.argsort(-(exact - quota.double()), stable=True)
+        order = torch.argsort(-remainder, stable=True)
         quota[order[:short]] += 1
     g = torch.Generator().manual_seed(int(seed))
     kept = []

@@ -93,14 +93,20 @@ def fit(inputs: FitInputs, state: TrainState | None = None) -> TrainState:
     """Train until `settings.epochs` or `settings.total_steps`; checkpoint every N steps and each epoch.
 
     SIGINT, SIGTERM and SIGUSR1 stop it at the next step boundary: the step in progress finishes
-    (including `after_step`), a checkpoint is written and `Interrupted` is raised."""
+    (including `after_step`), a checkpoint is written and `Interrupted` is raised.
+
+    The run draws from the global RNGs (augmentations, dropout); however it ends, the caller gets them
+    back as they were, as it gets its signal handlers back."""
     loop = _Loop(inputs, state or TrainState())
+    outside = ckpt.rng_state()
     with stop_on_signals() as flag:
         try:
             return loop.run(flag)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now; a checkpoint from inside a step would not resume exactly
             last = inputs.run_dir / ckpt.LAST
             raise Interrupted(signal.SIGINT, loop.state.step, last if last.is_file() else None, forced=True) from None
+        finally:
+            ckpt.set_rng_state(outside)
 
 
 class _Loop:
