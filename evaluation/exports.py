@@ -64,10 +64,7 @@ def torchvision_state(backbone: nn.Module, cfg: Mapping[str, Any], dim: int) -> 
     if cfg["name"] not in TORCHVISION:
         raise ConfigError(f"format=torchvision needs a torchvision ResNet ({', '.join(TORCHVISION)}); this backbone "
                           f"is timm's {cfg.get('timm_name')}: use format=timm, onnx or torchscript")
-    if int(cfg.get("width") or 64) != 64:
-        raise ConfigError(f"format=torchvision: torchvision has no {cfg['name']} of width {cfg.get('width')} "
-                          "(its stem has 64 channels); use format=onnx or torchscript")
-    state = _weights(backbone)
+    state = _weights(backbone)  # a narrow ResNet (backbone.width != 64) is torchvision's class, built by sslkit
     state["fc.weight"] = torch.eye(dim)
     state["fc.bias"] = torch.zeros(dim)
     return state
@@ -85,6 +82,13 @@ def timm_state(backbone: nn.Module, cfg: Mapping[str, Any]) -> tuple[dict[str, T
 
 def torchvision_code(cfg: Mapping[str, Any], dim: int, file: str) -> str:
     """Python that builds the matching torchvision module and loads the export strictly."""
+    width = int(cfg.get("width") or 64)
+    if width != 64:  # torchvision has no constructor for another stem width: sslkit builds the same class
+        spec = {"name": cfg["name"], "small_images": bool(cfg.get("small_images")), "width": width}
+        return "\n".join(["import torch", "from sslkit.nn.backbones import build_backbone",
+                          f"model, _ = build_backbone({spec!r})",
+                          f"model.fc = torch.nn.Linear({dim}, {dim})  # an identity: output = embedding",
+                          f"model.load_state_dict(torch.load({file!r}, weights_only=True), strict=True)"])
     lines = ["import torch, torchvision",
              f"model = torchvision.models.{cfg['name']}(num_classes={dim})  # fc is an identity: output = embedding"]
     if bool(cfg.get("small_images")):

@@ -64,12 +64,17 @@ def resolve(path: str) -> Path | None:
 def defined_tests() -> frozenset[str]:
     names = set()
     for f in (ROOT / "tests").rglob("*.py"):
-        names.update(re.findall(r"^\s*(?:async )?def (test_\w+)", f.read_text(), flags=re.M))
+        text = f.read_text()
+        names.update(re.findall(r"^\s*(?:async )?def (test_\w+)", text, flags=re.M))
+        for targets in re.findall(r"^((?:test_\w+\s*,\s*)*test_\w+)\s*=", text, flags=re.M):
+            names.update(t.strip() for t in targets.split(","))
     return frozenset(names)
 
 
 def _defines(path: Path, name: str) -> bool:
-    return re.search(rf"^\s*def {re.escape(name)}\b", path.read_text(), flags=re.M) is not None
+    text = path.read_text()
+    return re.search(rf"^\s*def {re.escape(name)}\b|^(?:test_\w+\s*,\s*)*{re.escape(name)}\b[\w\s,]*=", text,
+                     flags=re.M) is not None
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)

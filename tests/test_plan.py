@@ -145,9 +145,11 @@ def test_a_registry_resolves_registered_names_and_import_paths_and_refuses_paths
     reg: Registry[object] = Registry("widget", "sslkit.test_widgets")
     reg.register("plain")(dict)
     assert reg.get("plain") is dict and reg.names() == ["plain"]
-    assert reg.get("collections:OrderedDict").__name__ == "OrderedDict"
+    assert reg.get("collections:OrderedDict", allow_import=True).__name__ == "OrderedDict"
     with pytest.raises(ConfigError, match="comes from a file"):
         reg.get("collections:OrderedDict", allow_import=False)
+    with pytest.raises(ConfigError, match="comes from a file"):  # by default: only a spec the user typed
+        reg.get("collections:Counter")
     with pytest.raises(ConfigError, match=r"^unknown widget 'plane'; did you mean 'plain'\?"):
         reg.get("plane")
 

@@ -102,7 +102,7 @@ def test_queue_pointer_and_contents_equal_key_by_key_pushes(size, pushes, seed):
             pushed += 1
         assert torch.equal(queue.keys, ring)
         assert int(queue.ptr) == pushed % size
-        assert int(queue.filled) == min(size, pushed) and queue.fill == min(size, pushed) / size
+        assert int(queue.filled) == min(size, pushed) and int(queue.filled) / queue.size == min(size, pushed) / size
 
 
 def test_a_queue_needs_at_least_one_slot():

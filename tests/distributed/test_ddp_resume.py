@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.distributed,
+pytestmark = [pytest.mark.distributed, pytest.mark.slow,  # ~30 s of gloo processes and CLI runs
               pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists()
                                  and not os.environ.get("SSLKIT_DATA"), reason="Fashion-MNIST not installed")]
 

@@ -34,6 +34,7 @@ def test_budget_minutes_validation():
             budget.budget_minutes(bad)
 
 
+@pytest.mark.slow  # two trainings (~25 s); the budget arithmetic stays in make test
 @needs_fashion
 def test_budget_fixes_the_total_and_the_run_equals_that_many_steps(tmp_path, monkeypatch):
     ticks = itertools.count()  # every reading of the clock is one second later

@@ -55,6 +55,7 @@ def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "metrics.jsonl").exists()  # refused before the first step
 
 
+@pytest.mark.slow  # ~20 s of CLI; the missing-last case: test_crash_consistency.py
 def test_truncated_last_falls_back_to_prev_through_the_cli(tmp_path):
     out = tmp_path / "r"
     res = run_cli("train", *BASE, "trainer.max_steps=2", "trainer.checkpoint_every_steps=1", f"out={out}")

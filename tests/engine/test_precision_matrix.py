@@ -44,7 +44,8 @@ METHODS = {
     "mocov1": ["method=mocov1", "method.queue_size=32", "method.split_bn_groups=2"],
     "mocov2": ["method=mocov2", "method.queue_size=32", "method.split_bn_groups=2"],
     "simclr": ["method=simclr"],
-    "simclr_chunked": ["method=simclr", "method.chunk_size=4"],
+    # 16 images in BN chunks of 8 views (issue 22's layout): 4 chunks, trained by gradient caching
+    "simclr_chunked": ["method=simclr", "method.chunk_size=8", "data.batch_size=16"],
 }
 CELLS = [(m, bn, cl) for m in ("mocov1", "mocov2") for bn in ("split", "none") for cl in (False, True)] + \
         [(m, "-", cl) for m in ("simclr", "simclr_chunked") for cl in (False, True)]
@@ -88,8 +89,9 @@ def train_cell(method_name: str, bn: str, channels_last: bool, precision: str, r
     opt.register_step_pre_hook(lambda *_: logger.grads.append(
         torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in params])))
     torch.manual_seed(1)  # the views' random draws: the same in both precisions
-    fit(FitInputs(method, train_loader(images(), BATCH, seed=0), lambda x: [aug(x) for _ in range(method.n_views)],
-                  opt, sched, WORLD, settings, run_dir, logger))
+    loader = train_loader(images(), int(cfg.data.batch_size), seed=0)
+    fit(FitInputs(method, loader, lambda x: [aug(x) for _ in range(method.n_views)], opt, sched, WORLD, settings,
+                  run_dir, logger))
     return logger, conv_dtypes, method
 
 

@@ -67,6 +67,7 @@ def _check_stop_and_resume(tmp_path, straight, signum):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow  # two CLI trainings, ~50 s on 2 cores; the handlers themselves: tests/engine/test_process_state.py
 def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, straight):
     _check_stop_and_resume(tmp_path, straight, signal.SIGTERM)
 

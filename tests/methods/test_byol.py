@@ -211,6 +211,7 @@ def test_resume_is_bit_exact_with_the_target_and_the_checkpoint_encoder_is_the_o
     assert all(torch.equal(v, online[k]) for k, v in trained.backbone.state_dict().items())
     assert export_command([f"checkpoint={run_dir}", f"out={tmp_path / 'byol_backbone.pt'}"]) == 0
     exported = torch.load(tmp_path / "byol_backbone.pt", weights_only=True)
+    exported = {k: v for k, v in exported.items() if not k.startswith("fc.")}  # the export's identity fc
     assert exported.keys() == online.keys() and all(torch.equal(exported[k], online[k]) for k in online)
 
 

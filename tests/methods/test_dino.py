@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightly.loss import DINOLoss
 from omegaconf import OmegaConf
 
@@ -270,7 +271,7 @@ def test_the_checkpoints_encoder_is_the_teachers_backbone_and_evaluation_loads_i
     method = make_dino(*build_backbone(backbone_cfg))
     opt = build_optimizer(method, optim_cfg(), BATCH, method.param_rules())
     run(tmp_path, method, opt, build_scheduler(opt, optim_cfg(), STEPS, SPE),
-        extra={"config": {"backbone": backbone_cfg}})
+        extra={"config": yaml.safe_dump({"backbone": backbone_cfg})})
     teacher, student = method.teacher_backbone.state_dict(), method.backbone.state_dict()
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the two differ after training
     loaded = load_trained(tmp_path).backbone.state_dict()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from lightly.loss import SwaVLoss
 
 import sslkit.losses.swav as swav_module
@@ -247,7 +248,7 @@ def test_the_checkpoints_encoder_is_the_backbone_and_evaluation_loads_it(tmp_pat
 
     backbone_cfg = {"name": "resnet18", "width": 4, "small_images": True}
     method, opt, sched = parts(*build_backbone(backbone_cfg))
-    run(tmp_path, method, opt, sched, extra={"config": {"backbone": backbone_cfg}})
+    run(tmp_path, method, opt, sched, extra={"config": yaml.safe_dump({"backbone": backbone_cfg})})
     loaded = load_trained(tmp_path).backbone.state_dict()
     expected = method.backbone.state_dict()
     assert method.encoder() is method.backbone and loaded.keys() == expected.keys()
@@ -296,10 +297,9 @@ def test_build_method_splits_the_queue_over_the_processes(monkeypatch):
     import sslkit.build
     from sslkit.config import compose
 
-    monkeypatch.setattr(sslkit.build, "world_size", lambda: 4)
     overrides = ["method=swav", "method.queue_length=40", "method.hidden_dim=32", "method.n_prototypes=10",
                  "backbone.width=4"]
-    assert sslkit.build.build_method(compose(overrides)).queue.shape == (2, 10, 128)
+    assert sslkit.build.build_method(compose(overrides), world_size=4).queue.shape == (2, 10, 128)
     with pytest.raises(ConfigError, match="world_size"):
         sslkit.build.build_method(compose([*overrides, "+method.world_size=2"]))
 

@@ -15,6 +15,7 @@ from sslkit.config import compose, to_yaml, trust_command_line
 from sslkit.engine.checkpoint import FORMAT, VERSION
 from sslkit.errors import ConfigError
 from sslkit.files import save_atomic
+from sslkit.plan import with_values
 from sslkit.registry import import_spec, is_resolvable, resolve_method
 
 _names = itertools.count()
@@ -63,8 +64,7 @@ def test_compose_trusts_its_overrides(plugin):
 
 
 def _checkpoint(tmp_path, name: str):
-    cfg = compose(["method=mocov2"])
-    cfg.method.name = name
+    cfg = with_values(compose(["method=mocov2"]), {"method.name": name})  # composed configs are read-only
     file = tmp_path / "run" / "checkpoints" / "last.pt"
     save_atomic({"format": FORMAT, "version": VERSION, "config": to_yaml(cfg), "method": {}}, file)
     return file
@@ -89,8 +89,8 @@ def test_a_files_timm_name_with_a_source_prefix_is_refused(tmp_path):
     """`hf-hub:org/model` makes timm download a config even with pretrained=False: a file cannot ask for it."""
     from sslkit.engine.checkpoint import config_of
 
-    cfg = compose(["backbone=timm", "backbone.timm_name=resnet10t"])
-    cfg.backbone.timm_name = "hf-hub:evil/model"
+    cfg = with_values(compose(["backbone=timm", "backbone.timm_name=resnet10t"]),
+                      {"backbone.timm_name": "hf-hub:evil/model"})
     with pytest.raises(ConfigError, match="timm model 'hf-hub:evil/model'.*command line"):
         config_of({"config": to_yaml(cfg)})
     trust_command_line(["backbone.timm_name=hf-hub:evil/model"])
