@@ -13,7 +13,7 @@ Evaluation and export use the teacher's backbone, as the paper reports it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +25,7 @@ from sslkit.losses.dino import dino_loss, teacher_temperature, update_center
 from sslkit.methods.base import SSLMethod, StepOutput, fp32_loss
 from sslkit.nn.dino_head import DINOHead
 from sslkit.nn.gradients import cancel_gradients_, clip_gradients_
+from sslkit.nn.multicrop import forward_by_size
 from sslkit.registry import register_method
 
 
@@ -93,8 +94,8 @@ class DINO(SSLMethod):
         if len(views) < 2:
             raise ConfigError(f"DINO needs at least 2 views (2 global crops), got {len(views)}")
         with torch.no_grad():
-            teacher = _by_size(views[:n_global], lambda x: self.teacher_head(self.teacher_backbone(x)))
-        student = _by_size(views, lambda x: self.head(self.backbone(x)))
+            teacher = forward_by_size(views[:n_global], lambda x: self.teacher_head(self.teacher_backbone(x)))
+        student = forward_by_size(views, lambda x: self.head(self.backbone(x)))
         tau = self.current_teacher_temp()
         with fp32_loss(*teacher, *student, self.center) as outs:  # τ_t = 0.04: softmax in fp32
             t32, s32, c32 = outs[:n_global], outs[n_global:-1], outs[-1]
@@ -127,18 +128,6 @@ class DINO(SSLMethod):
         return self.teacher_backbone
 
 
-def _by_size(views: Sequence[Tensor], net: Callable[[Tensor], Tensor]) -> list[Tensor]:
-    """`net` on each view, consecutive views of one size in one batch (their BN statistics shared), as
-    the official MultiCropWrapper does for the teacher's and the student's crops."""
-    out: list[Tensor] = []
-    start = 0
-    while start < len(views):
-        end = start
-        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-            end += 1
-        out.extend(net(torch.cat(list(views[start:end]))).chunk(end - start))
-        start = end
-    return out
 
 
 def _cos_half(progress: float) -> float:

@@ -25,6 +25,7 @@ from sslkit.losses.swav import swav_loss
 from sslkit.methods.base import SSLMethod, StepOutput, fp32_loss
 from sslkit.nn.gradients import cancel_gradients_
 from sslkit.nn.mlp import LayerSpec, build_mlp
+from sslkit.nn.multicrop import forward_by_size
 from sslkit.nn.prototypes import Prototypes, normalize_prototypes_
 from sslkit.registry import register_method
 
@@ -89,16 +90,7 @@ class SwAV(SSLMethod):
     def _embed(self, views: Sequence[Tensor]) -> list[Tensor]:
         """normalize(projector(f(x))) per crop; crops of one size go through the backbone together
         (its BN sees them as one batch, as the official multi-resolution forward)."""
-        out: list[Tensor] = []
-        start = 0
-        while start < len(views):
-            end = start
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            z = F.normalize(self.projector(self.backbone(torch.cat(list(views[start:end])))), dim=1)
-            out.extend(z.chunk(end - start))
-            start = end
-        return out
+        return forward_by_size(views, lambda x: F.normalize(self.projector(self.backbone(x)), dim=1))
 
     def training_step(self, views: Sequence[Tensor]) -> StepOutput:
         n_assign = self.crops_for_assign

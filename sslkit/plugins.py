@@ -111,14 +111,9 @@ class Registry(Generic[T]):
         read from a file never chooses code (docs/security.md). An unknown name is a one-line
         ConfigError with the closest valid names."""
         if ":" in name:
-            if not (allow_import or (allow_import is None and is_trusted(name))):
-                key = "data.name" if self.kind == "dataset" else f"{self.kind}.name"
-                raise ConfigError(
-                    f"{self.kind} '{name}' comes from a file (a checkpoint or config.yaml), not from the command "
-                    f"line: sslkit imports a module:Class {self.kind} only when you type it (to resume a run of "
-                    f"your own plug-in, add {key}={name}); a file may name a registered {self.kind}: "
-                    f"{', '.join(self.names())}")
-            return self._checked(name, _from_path(self.kind, name))
+            key = "data.name" if self.kind == "dataset" else f"{self.kind}.name"
+            obj = import_spec(self.kind, name, self.names(), allow_import, key)
+            return self._checked(name, obj)
         self._load_builtins()
         if name in self._items:
             return self._items[name]
@@ -153,7 +148,16 @@ def is_trusted(spec: str) -> bool:
     return spec in _USER_SPECS
 
 
-def _from_path(kind: str, spec: str) -> object:
+def import_spec(kind: str, spec: str, known: Iterable[str], allow_import: bool | None = None, key: str = "") -> object:
+    """The object `package.module:Attr` names, for a registry of `kind`s whose registered names are `known`
+    and whose config key is `key` (default `<kind>.name`): imported when `allow_import` is True, or, by
+    default (None), when the user typed `spec` on this command line (`trust_spec`); otherwise a one-line
+    ConfigError before any import: a checkpoint or config.yaml never chooses code."""
+    if not (allow_import or (allow_import is None and is_trusted(spec))):
+        raise ConfigError(
+            f"{kind} '{spec}' comes from a file (a checkpoint or config.yaml), not from the command line: sslkit "
+            f"imports a module:Class {kind} only when you type it (to resume a run of your own plug-in, add "
+            f"{key or kind + '.name'}={spec}); a file may name a registered {kind}: {', '.join(sorted(known))}")
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)

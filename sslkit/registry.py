@@ -10,43 +10,20 @@ one-line ConfigError raised before anything is imported (`sslkit.plugins.Registr
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from sslkit.errors import ConfigError
-from sslkit.plugins import Registry, is_spec, is_trusted, trust_spec
+from sslkit.plugins import Registry, import_spec, is_spec, is_trusted, trust_spec
 
 __all__ = ["METHODS", "register_method", "available_methods", "resolve_method", "is_resolvable", "is_spec",
-           "is_trusted", "trust_spec"]
+           "is_trusted", "trust_spec", "import_spec"]
 
 if TYPE_CHECKING:
     from sslkit.methods.base import SSLMethod
 
 _T = TypeVar("_T", bound=type)
 ENTRY_POINT_GROUP = "sslkit.methods"
-def import_spec(kind: str, spec: str, known: Iterable[str], trusted: bool = False, key: str = "") -> Any:
-    """The object `package.module:Attr` names, for a registry of `kind`s whose registered names are `known`
-    and whose config key is `key` (default `<kind>.name`).
-
-    Imported only when `trusted` or typed on the command line (`trust_spec`); otherwise a one-line
-    ConfigError, before any import: a checkpoint or config.yaml never chooses code."""
-    if not (trusted or is_trusted(spec)):
-        raise ConfigError(
-            f"{kind} '{spec}' comes from a file (a checkpoint or config.yaml), not from the command line: sslkit "
-            f"imports a module:Class {kind} only when you type it (to resume a run of your own plug-in, add "
-            f"{key or kind + '.name'}={spec}); a file may name a registered {kind}: {', '.join(sorted(known))}")
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{kind} '{spec}': cannot import module '{module_name}' ({exc})") from None
-    obj = getattr(module, attr, None)
-    if obj is None:
-        raise ConfigError(f"{kind} '{spec}': module '{module_name}' has no attribute '{attr}'")
-    return obj
-
-
 def _is_method(name: str, cls: object) -> type[SSLMethod]:
     from sslkit.methods.base import SSLMethod
 
