@@ -70,6 +70,27 @@ class Recorder:
             path.unlink(missing_ok=True)
 
 
+def merge(base: dict[str, Any], part: dict[str, Any], redone: list[str]) -> dict[str, Any]:
+    """`base` with the tests of the files `redone` replaced by those in `part` (a run of just those files)."""
+    def stale(nodeid: str) -> bool:
+        return nodeid.split("::")[0] in redone
+
+    keep = [i for i, t in enumerate(base["tests"]) if not stale(t)]
+    renumber = {old: new for new, old in enumerate(keep)}
+    offset = len(keep)
+    tests = [base["tests"][i] for i in keep] + part["tests"]
+    durations = [base["durations"][i] for i in keep] + part["durations"]
+    files: dict[str, dict[str, list[int]]] = {}
+    for file, lines in base["files"].items():
+        files[file] = {n: [renumber.get(i, -1) if i >= 0 else -1 for i in hits if i < 0 or i in renumber]
+                       for n, hits in lines.items()}
+    for file, lines in part["files"].items():
+        mine = files.setdefault(file, {})
+        for n, hits in lines.items():
+            mine[n] = sorted(set(mine.get(n, [])) | {i + offset if i >= 0 else -1 for i in hits})
+    return {"tests": tests, "durations": durations, "files": files}
+
+
 def build(out: Path, sources: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)

@@ -15,7 +15,6 @@ The files are mutated in place: run it in a clone of its own, not in a tree you 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -67,23 +66,39 @@ def session(module: str) -> Path:
     return OUT / (module.removesuffix(".py").replace("/", ".") + ".sqlite")
 
 
-def code_key() -> str:
-    """The committed state of the code and tests; the coverage map is rebuilt when it changes."""
-    listing = subprocess.run(["git", "ls-files", "-s", "--", "sslkit", "methods", "evaluation", "tests",
-                              "configs", "pyproject.toml"], cwd=ROOT, capture_output=True, text=True, check=True)
-    return hashlib.sha256(listing.stdout.encode()).hexdigest()[:16]
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def covermap() -> dict[str, object]:
-    path = OUT / "covermap.json"
-    key = code_key()
-    if path.exists() and json.loads(path.read_text()).get("key") == key:
-        return forkrun.load_covermap(path)
-    print(f"building the coverage map of `make test` ({path}; about twice the suite's time)", flush=True)
-    subprocess.run([sys.executable, str(ROOT / "mutation" / "covermap.py"), str(path)], cwd=ROOT, check=True)
-    data = json.loads(path.read_text())
-    data["key"] = key
-    path.write_text(json.dumps(data))
+    """The map of which tests run which line, for the committed code. Rebuilt from scratch when the
+    sources changed since it was built; when only test files changed, just those files are rerun."""
+    path, head = OUT / "covermap.json", git("rev-parse", "HEAD")
+    if git("status", "--porcelain", "--", "sslkit", "methods", "evaluation", "tests", "configs"):
+        raise SystemExit("commit or stash the changes to the code and tests first: the map is of the committed code")
+    data = json.loads(path.read_text()) if path.exists() else {}
+    built = data.get("commit")
+    if built and built != head and subprocess.run(["git", "cat-file", "-e", built], cwd=ROOT).returncode == 0:
+        if not git("diff", "--name-only", built, head, "--", "sslkit", "methods", "evaluation", "configs",
+                   "pyproject.toml", "tests/conftest.py"):
+            changed = git("diff", "--name-only", built, head, "--", "tests").split()
+            present = [t for t in changed if (ROOT / t).exists() and Path(t).name.startswith("test_")]
+            print(f"updating the coverage map for {len(changed)} changed test files", flush=True)
+            part_path = OUT / "covermap.part.json"
+            if present:
+                subprocess.run([sys.executable, str(ROOT / "mutation" / "covermap.py"), str(part_path)], cwd=ROOT,
+                               check=True, env=dict(os.environ, COVERMAP_TESTS=" ".join(present)))
+            part = json.loads(part_path.read_text()) if present else {"tests": [], "durations": [], "files": {}}
+            import covermap as cm
+            data = cm.merge(data, part, changed)
+            data["commit"] = built = head
+            path.write_text(json.dumps(data))
+    if built != head:
+        print(f"building the coverage map of `make test` ({path}; about twice the suite's time)", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "mutation" / "covermap.py"), str(path)], cwd=ROOT, check=True)
+        data = json.loads(path.read_text())
+        data["commit"] = head
+        path.write_text(json.dumps(data))
     return dict(data)
 
 
