@@ -50,11 +50,11 @@ test-slow: setup chromium
 test-all: setup chromium
 	$(BIN)/pytest -q -m "slow or not slow"
 
-# Mutation testing (cosmic-ray) of the core, one module at a time against its own fast tests; not part
-# of `make test`. One shard (about an hour on 2 quiet cores): make mutation SHARD=engine; without SHARD,
-# every group (many hours). Shards and groups: mutation/run.py; results: docs/testing.md.
+# Mutation testing of the core (cosmic-ray's mutants, each run against the tests of `make test` that execute
+# its line; mutation/run.py, mutation/forkrun.py); not part of `make test`. One shard: make mutation SHARD=engine;
+# a sample of each module: make mutation SHARD=engine ARGS=--sample=50. Results: docs/testing.md.
 mutation: setup
-	nice -n 19 $(BIN)/python mutation/run.py $(SHARD)
+	nice -n 19 $(BIN)/python mutation/run.py $(ARGS) $(SHARD)
 
 # ruff, then mypy over the installed layout (tools/typecheck.py; settings in pyproject's [tool.mypy])
 lint: setup
