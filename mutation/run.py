@@ -160,6 +160,7 @@ def report(modules: list[str]) -> None:
     lines.append(f"{'total':36s} {killed:4d}/{total:4d} killed ({100 * killed / max(total, 1):.1f}%)")
     print("\n".join(lines))
     for r in sorted(survivors, key=lambda r: (str(r["module"]), int(r["line"]))):
+        r["module"] = next(m for m in MODULES if str(r["module"]).endswith(m))  # sessions hold absolute paths
         src = subprocess.run(["git", "show", f"HEAD:{r['module']}"], cwd=ROOT, capture_output=True,  # not a live mutant
                              text=True).stdout.splitlines()[int(r["line"]) - 1].strip()
         change = [d[1:].strip() for d in str(r["diff"]).splitlines() if d.startswith("+") and not d.startswith("+++")]
