@@ -142,10 +142,11 @@ def run_child(tests: list[str], timeout: float, log: Path) -> str:
     return "survived" if with_suppressed == 0 else "killed"
 
 
-def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 0, log: Any = print) -> None:
+def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 0, recheck: bool = False,
+            log: Any = print) -> None:
     """Run the pending mutants of the session `db_path` (all of `module`) and record their outcomes;
     `sample` > 0 runs that many of them, drawn with a seed of the module's name (a later call draws
-    from the rest)."""
+    from the rest). `recheck` runs the survivors again instead, replacing their results."""
     from cosmic_ray.mutating import mutate_code
     from cosmic_ray.plugins import get_operator
     from cosmic_ray.work_db import WorkDB, use_db
@@ -159,6 +160,9 @@ def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 
         pyc.unlink()
     with use_db(str(db_path), WorkDB.Mode.open) as db, tempfile.TemporaryDirectory() as tmp:
         pending = sorted(db.pending_work_items, key=lambda item: item.job_id)
+        if recheck:
+            pending = sorted((item for item, result in db.completed_work_items
+                              if result.test_outcome == TestOutcome.SURVIVED), key=lambda item: item.job_id)
         if sample:
             pending = random.Random(module).sample(pending, min(sample, len(pending)))
         for n, item in enumerate(pending, 1):

@@ -8,6 +8,7 @@ by git), or to the folder in SSLKIT_MUTATION_OUT (several clones can share one).
 
     python mutation/run.py [SHARD | MODULE ...]   # default: every shard; `--report` only summarises
     python mutation/run.py --sample=40 SHARD      # 40 mutants per module, drawn at random (seeded)
+    python mutation/run.py --recheck SHARD        # the survivors again, against the tests as they are now
     make mutation SHARD=engine                    # the same, niced, for one shard
 
 The files are mutated in place: run it in a clone of its own, not in a tree you are editing.
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import forkrun  # noqa: E402 - this folder is not a package
+import equivalent  # noqa: E402 - this folder is not a package
+import forkrun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("SSLKIT_MUTATION_OUT", ROOT / "mutation" / "out"))
@@ -116,14 +118,15 @@ def init(module: str) -> Path:
     return db
 
 
-def run(module: str, cmap: dict[str, object], resume: bool, sample: int) -> None:
-    """The mutants of `module` (`sample` > 0: that many, drawn at random); `resume` continues a session."""
+def run(module: str, cmap: dict[str, object], resume: bool, sample: int, recheck: bool = False) -> None:
+    """The mutants of `module` (`sample` > 0: that many, drawn at random); `resume` continues a session;
+    `recheck` runs the session's survivors again (after tests were added)."""
     dirty = subprocess.run(["git", "status", "--porcelain", "--", module], cwd=ROOT, capture_output=True,
                            text=True).stdout
     if dirty:
         raise SystemExit(f"{module} differs from git ({dirty.strip()}): restore it or commit before mutating")
     db = session(module) if resume and session(module).exists() else init(module)
-    forkrun.execute(db, module, cmap, sample)
+    forkrun.execute(db, module, cmap, sample, recheck=recheck)
     dirty = subprocess.run(["git", "status", "--porcelain", "--", module], cwd=ROOT, capture_output=True,
                            text=True).stdout
     assert not dirty, f"a mutant was left behind in {module}: {dirty}"
@@ -139,33 +142,49 @@ def results(module: str) -> list[dict[str, object]]:
                      strict=True)) for row in rows]
 
 
+def source_line(module: str, line: int) -> tuple[str, str]:
+    """The line and the line after it, from git, not the file: a live mutant may be on disk."""
+    text = subprocess.run(["git", "show", f"HEAD:{module}"], cwd=ROOT, capture_output=True, text=True).stdout
+    lines = [t.strip() for t in text.splitlines()] + [""]
+    return lines[line - 1], lines[line]
+
+
 def report(modules: list[str]) -> None:
-    """Per module: killed / run (a crash or a timeout counts as killed), and how many of the survivors no
-    test of `make test` executes; then every survivor with its line and change."""
-    total = killed = 0
+    """Per module: killed / run (a crash or a timeout counts as killed), the survivors that are equivalent
+    mutants (`mutation/equivalent.py`) and the others, of which how many are on lines no test runs;
+    then every survivor with its line and change."""
+    total = killed = equivalents = 0
     survivors, lines = [], []
     for module in modules:
         if not session(module).exists():
             continue
-        rows = [r for r in results(module) if r["worker"] not in ("skipped", "no-test")]
+        everything = results(module)
+        rows = [r for r in everything if r["worker"] not in ("skipped", "no-test")]
         items = sqlite3.connect(session(module)).execute("select count(*) from work_items").fetchone()[0]
         dead = [r for r in rows if r["test"] == "killed" or r["worker"] in ("abnormal", "exception")]
-        alive = [r for r in rows if r not in dead]
+        alive = [dict(r, module=module) for r in rows if r not in dead]
+        for r in alive:
+            r["src"], after = source_line(module, int(r["line"]))
+            r["equivalent"] = equivalent.why(module, f"{r['src']}\n{after}", str(r["operator"]))
+        same = sum(r["equivalent"] is not None for r in alive)
         unrun = sum(r["output"] == forkrun.NO_TEST for r in alive)
-        total, killed = total + len(rows), killed + len(dead)
+        total, killed, equivalents = total + len(rows), killed + len(dead), equivalents + same
         survivors += alive
-        pending = f"; {items - len(results(module))} not run yet" if items > len(results(module)) else ""
-        lines.append(f"{module:36s} {len(dead):4d}/{len(rows):4d} killed ({100 * len(dead) / max(len(rows), 1):5.1f}%)"
-                     f"; {len(alive)} survived, {unrun} of them on lines no test runs{pending}")
-    lines.append(f"{'total':36s} {killed:4d}/{total:4d} killed ({100 * killed / max(total, 1):.1f}%)")
+        pending = f"; {items - len(everything)} not run yet" if items > len(everything) else ""
+        rate = 100 * len(dead) / max(len(rows), 1)
+        lines.append(f"| `{module}` | {len(rows)} | {len(dead)} ({rate:.1f}%) | {same} | "
+                     f"{len(alive) - same} ({unrun} on lines no test runs) | "
+                     f"{100 * len(dead) / max(len(rows) - same, 1):.1f}%{pending} |")
+    print("| module | run | killed | equivalent | other survivors | killed of non-equivalent |")
+    print("|---|---|---|---|---|---|")
     print("\n".join(lines))
+    print(f"| total | {total} | {killed} ({100 * killed / max(total, 1):.1f}%) | {equivalents} | "
+          f"{total - killed - equivalents} | {100 * killed / max(total - equivalents, 1):.1f}% |")
     for r in sorted(survivors, key=lambda r: (str(r["module"]), int(r["line"]))):
-        r["module"] = next(m for m in MODULES if str(r["module"]).endswith(m))  # sessions hold absolute paths
-        src = subprocess.run(["git", "show", f"HEAD:{r['module']}"], cwd=ROOT, capture_output=True,  # not a live mutant
-                             text=True).stdout.splitlines()[int(r["line"]) - 1].strip()
         change = [d[1:].strip() for d in str(r["diff"]).splitlines() if d.startswith("+") and not d.startswith("+++")]
-        tag = " (no test runs it)" if r["output"] == forkrun.NO_TEST else ""
-        print(f"SURVIVED{tag} {r['module']}:{r['line']} {r['operator']}: {src}  ->  {' / '.join(change)}")
+        tag = " (equivalent)" if r["equivalent"] else " (no test runs it)" if r["output"] == forkrun.NO_TEST else ""
+        print(f"SURVIVED{tag} {r['module']}:{r['line']} {str(r['operator']).split('/')[-1]}: {r['src']}  ->  "
+              f"{' / '.join(change)}")
 
 
 def main(argv: list[str]) -> None:
@@ -182,7 +201,8 @@ def main(argv: list[str]) -> None:
         forkrun.warm()
         for module in modules:
             start = time.time()
-            run(module, cmap, resume="--resume" in argv, sample=sample)
+            recheck = "--recheck" in argv
+            run(module, cmap, resume="--resume" in argv or recheck, sample=sample, recheck=recheck)
             print(f"{module}: {time.time() - start:.0f}s", flush=True)
     report(modules)
 

@@ -1,6 +1,7 @@
 """Barlow Twins and VICReg against lightly's BarlowTwinsLoss / VICRegLoss (value and gradient), by hand,
 and across a 2-rank world: the distributed loss is the one-process loss on the global batch."""
 
+import pytest
 import torch
 from lightly.loss import BarlowTwinsLoss, VICRegLoss
 
@@ -92,3 +93,14 @@ def test_vicreg_on_two_ranks_uses_the_global_batch_for_variance_and_covariance(m
     for loss, reg, inv in ThreadedWorld(2).run(rank_loss, monkeypatch):
         torch.testing.assert_close(reg, global_terms.detach(), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(loss, reg + inv, rtol=1e-10, atol=1e-12)
+
+
+def test_vicreg_needs_two_rows_and_takes_any_width():
+    """The variance needs N >= 2 (an unbiased estimate): one row is a one-line error naming the batch;
+    two rows, or embeddings one feature wide, are fine and equal lightly."""
+    with pytest.raises(ValueError, match="VICReg needs a batch of at least 2 to estimate variances, got 1"):
+        vicreg_loss(torch.randn(1, 8), torch.randn(1, 8))
+    for shape in ((2, 8), (5, 1)):
+        g = torch.Generator().manual_seed(3)
+        a, b = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+        torch.testing.assert_close(vicreg_loss(a, b), VICRegLoss()(a, b), rtol=1e-5, atol=1e-6)

@@ -131,3 +131,11 @@ def test_swav_loss_by_hand():
                 + (ce(crops[0], codes[1]) + ce(crops[2], codes[1])) / 2) / 2
     torch.testing.assert_close(swav_loss(crops[:2], crops[2:]), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(swapped_prediction(crops[1], codes[0]), ce(crops[1], codes[0]))
+
+
+def test_sinkhorn_codes_carry_no_graph_whatever_the_caller_passes():
+    """The codes are targets: no gradient flows through them even if the scores have one (Caron et al.
+    2020, Sec. 3.1: the codes are computed without back-propagating)."""
+    scores = torch.randn(6, 4, requires_grad=True)
+    codes = sinkhorn(scores @ torch.eye(4))
+    assert not codes.requires_grad and codes.grad_fn is None

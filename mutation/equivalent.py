@@ -1,0 +1,50 @@
+"""Survivors that are equivalent mutants: the mutated module computes the same for every input it accepts.
+
+Each rule is (module, a fragment of the original source line (with a newline, of it and the next line),
+a regex on the operator's name, why).
+`mutation/run.py --report` counts the survivors a rule matches apart from the others. A rule names the
+source text, not a line number, so it follows the line when code moves; re-check it when the line changes.
+"""
+
+from __future__ import annotations
+
+import re
+
+TWO_D = "the tensor is 2-D ((N, D) by contract), so dim -1 and dim 1 are the same axis"
+RULES: list[tuple[str, str, str, str]] = [
+    # contrastive
+    ("sslkit/contrastive/infonce.py", "argmax(1) == 0", "Eq_LtE", "an argmax is never negative: <= 0 is == 0"),
+    ("sslkit/contrastive/queue.py", "n_images // 4", "FloorDiv_Div",
+     "floor(log2(x)) = floor(log2(floor(x))) for x >= 1 (powers of 2 are integers), and max(1, .) holds x >= 1"),
+    ("sslkit/contrastive/queue.py", "return 1 << max(0,", "NumberReplacer",
+     "log2 of max(1, .) is >= 0, so the max with 0 (or -1) never acts"),
+    ("sslkit/contrastive/queue.py", "@torch.no_grad()", "RemoveDecorator",
+     "push detaches the keys and writes buffers that take no graph"),
+    ("sslkit/contrastive/queue.py", "(start + n - self.size) % self.size", "Sub_Add|Mod_Add|Mod_Sub",
+     "the start is only used modulo K afterwards; +-K changes nothing modulo K"),
+    # losses
+    ("sslkit/losses/negative_cosine.py", "F.normalize(p, dim=-1)", "USub", TWO_D),
+    ("sslkit/losses/dino.py", "F.log_softmax(s / student_temp, dim=-1)", "USub", TWO_D),
+    ("sslkit/losses/dino.py", ".sum(dim=-1).mean(dim=-1).sum()", "USub",
+     "after the sum over prototypes the tensor is (crops, N), 2-D: dim -1 and 1 are the same axis"),
+    ("sslkit/losses/dino.py", "if warmup_epochs == 1:", "Eq_LtE",
+     "warmup_epochs <= 0 returns earlier (epoch >= warmup_epochs) for any epoch >= 0; for epoch < 0 both give start"),
+    ("sslkit/losses/sinkhorn.py", "if world_size() > 1:", "Gt_NotEq", "the world size is never below 1"),
+    ("sslkit/losses/sinkhorn.py", "k, b = q.shape[0], q.shape[1] * world_size()", ".",
+     "K only scales the rows before the columns are normalised, and B divides and then multiplies the codes "
+     "back (q /= b, then q *= b): the codes do not depend on either (the official code's steps, kept)"),
+    ("sslkit/losses/sinkhorn.py", "q /= q.sum(dim=0, keepdim=True)", "TrueWithFalse",
+     "q is (K, B): a (B,) sum broadcasts over the last axis exactly as the (1, B) one"),
+    ("sslkit/contrastive/shuffle_bn.py", "@torch.no_grad()\ndef shuffle_ddp", "RemoveDecorator",
+     "it shuffles images, which carry no graph, through a gather that is not differentiable"),
+    ("sslkit/contrastive/shuffle_bn.py", "@torch.no_grad()\ndef unshuffle_local", "RemoveDecorator",
+     "it only indexes the keys, which the key encoder computed without a graph"),
+]
+
+
+def why(module: str, source_line: str, operator: str) -> str | None:
+    """The reason a survivor is equivalent, or None if no rule covers it."""
+    for mod, fragment, pattern, reason in RULES:
+        if mod == module and fragment in source_line and re.search(pattern, operator):
+            return reason
+    return None
