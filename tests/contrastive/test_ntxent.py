@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,3 +48,25 @@ def test_gathered_form_with_offset_equals_full_batch():
     full = ntxent_loss(z1, z2, 0.3)
     halves = [ntxent_loss(z1[r * 3:(r + 1) * 3], z2[r * 3:(r + 1) * 3], 0.3, z1, z2, offset=r * 3) for r in range(2)]
     torch.testing.assert_close((halves[0] + halves[1]) / 2, full)
+
+
+@pytest.mark.parametrize(("n", "gathered", "block", "blockwise"), [
+    (4, None, 8, False),   # 2N = 8 anchors and candidates: dense
+    (5, None, 8, True),    # 2N = 10 > 8
+    (4, None, 7, True),
+    (4, None, None, False),
+    (2, 6, 8, True),       # 4 anchors, but 2 x 6 = 12 gathered candidates > 8
+    (2, 4, 8, False),      # 4 anchors, 8 candidates
+    (3, 3, 5, True),
+])
+def test_the_block_path_runs_exactly_when_anchors_or_candidates_exceed_the_block(monkeypatch, n, gathered, block,
+                                                                                  blockwise):
+    """Memory is the point of `block`: above it the (2N x 2N) matrix must not be built."""
+    import sslkit.contrastive.ntxent as module
+
+    calls = []
+    monkeypatch.setattr(module, "ntxent_loss_blockwise", lambda *a, **k: calls.append(a) or torch.zeros(()))
+    z1, z2 = torch.randn(n, 16), torch.randn(n, 16)  # D > N: a dimension mix-up shows
+    all_z = (None, None) if gathered is None else (torch.randn(gathered, 16), torch.randn(gathered, 16))
+    ntxent_loss(z1, z2, 0.5, *all_z, block=block)
+    assert len(calls) == int(blockwise)

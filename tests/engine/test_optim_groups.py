@@ -175,3 +175,15 @@ def test_the_shipped_adamw_config_is_dinos():
     sched = build_scheduler(opt, cfg, 1000, 10)
     assert isinstance(sched, LrWdSchedule) and (sched.wd_start, sched.wd_end) == (0.04, 0.4)
     assert sorted(g["weight_decay"] for g in opt.param_groups) == pytest.approx([0.0, 0.04])
+
+
+def test_a_rule_is_a_frozen_declaration_with_neutral_defaults():
+    """A bare rule changes nothing (scale 1, scheduled, decayed), and a method's rules cannot be edited
+    after it declared them (they are hashable values)."""
+    rule = ParamRule("head")
+    assert (rule.lr_scale, rule.fixed_lr, rule.weight_decay) == (1.0, False, True)
+    assert repr(ParamRule("predictor", fixed_lr=True)) == (
+        "ParamRule(prefix='predictor', lr_scale=1.0, fixed_lr=True, weight_decay=True)")
+    with pytest.raises(AttributeError):
+        rule.lr_scale = 2.0  # type: ignore[misc]
+    assert len({rule, ParamRule("head")}) == 1

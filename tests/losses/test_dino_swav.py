@@ -139,3 +139,16 @@ def test_sinkhorn_codes_carry_no_graph_whatever_the_caller_passes():
     scores = torch.randn(6, 4, requires_grad=True)
     codes = sinkhorn(scores @ torch.eye(4))
     assert not codes.requires_grad and codes.grad_fn is None
+
+
+def test_swav_loss_takes_one_high_resolution_crop_and_refuses_fewer_crops_or_mismatched_queues():
+    crops = [c.detach() for c in _crops(14, 3)]
+    one_high = swav_loss(crops[:1], crops[1:2])  # one code crop, predicted from the other crop only
+    torch.testing.assert_close(one_high, swapped_prediction(crops[1], sinkhorn(crops[0])), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 1 high-resolution crop and 2 crops, got 0 and 2"):
+        swav_loss([], crops[:2])
+    with pytest.raises(ValueError, match="at least 1 high-resolution crop and 2 crops, got 1 and 1"):
+        swav_loss(crops[:1])
+    for n_queues in (1, 3):
+        with pytest.raises(ValueError, match=f"one queue per high-resolution crop: {n_queues} queues for 2 crops"):
+            swav_loss(crops[:2], crops[2:], [crops[0]] * n_queues)

@@ -208,3 +208,13 @@ def test_cancelled_gradients_freeze_a_part_under_adamw_until_the_given_epoch_onl
         assert cancelled == (epoch < 1)
         assert torch.equal(last, before) == (epoch < 1), step  # frozen in epoch 0 (no decay either), moves after
         assert not torch.equal(head.mlp[0].weight, mlp_before)  # the rest always trains
+
+
+def test_dino_head_defaults_are_the_papers():
+    """DINO (Caron et al. 2021, appendix; main_dino.py): a 3-layer MLP of width 2048, a 256-d bottleneck
+    and 65536 prototypes; g of the last layer fixed."""
+    head = DINOHead(32)
+    linears = [m for m in head.mlp.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 2048), (2048, 2048), (2048, 256)]
+    assert head.last_layer.weight_v.shape == (65536, 256)
+    assert not head.last_layer.weight_g.requires_grad
