@@ -22,6 +22,8 @@ RULES: list[tuple[str, str, str, str]] = [
      "push detaches the keys and writes buffers that take no graph"),
     ("sslkit/contrastive/queue.py", "(start + n - self.size) % self.size", "Sub_Add|Mod_Add|Mod_Sub",
      "the start is only used modulo K afterwards; +-K changes nothing modulo K"),
+    ("sslkit/contrastive/ntxent_blockwise.py", "@staticmethod", "RemoveDecorator",
+     "autograd.Function calls forward/backward on the class: a plain function there gets the same arguments"),
     # losses
     ("sslkit/losses/negative_cosine.py", "F.normalize(p, dim=-1)", "USub", TWO_D),
     ("sslkit/losses/dino.py", "F.log_softmax(s / student_temp, dim=-1)", "USub", TWO_D),
@@ -43,6 +45,8 @@ RULES: list[tuple[str, str, str, str]] = [
     ("sslkit/losses/swav.py", "total = crops[0].new_zeros(())", "NumberReplacer",
      "every crop has the same dtype and device: a zero from any of them is the same"),
     ("sslkit/nn/dino_head.py", "F.normalize(self.mlp(x), dim=-1)", "USub", TWO_D),
+    ("sslkit/nn/dino_head.py", "for _ in range(max(num_layers, 1) - 1)]", "NumberReplacer",
+     "range(-1) and range(0) are both empty"),
     ("sslkit/nn/multicrop.py", "while start < len(views):", "Lt_NotEq", "start only grows, by at least 1, up to len"),
     ("sslkit/nn/multicrop.py", "while end < len(views) and", "Lt_NotEq", "end only grows, by 1, up to len"),
     ("sslkit/nn/multicrop.py", "views[end].shape[-2:] == views[start].shape[-2:]", "USub",

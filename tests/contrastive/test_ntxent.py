@@ -70,3 +70,14 @@ def test_the_block_path_runs_exactly_when_anchors_or_candidates_exceed_the_block
     all_z = (None, None) if gathered is None else (torch.randn(gathered, 16), torch.randn(gathered, 16))
     ntxent_loss(z1, z2, 0.5, *all_z, block=block)
     assert len(calls) == int(blockwise)
+
+
+@pytest.mark.parametrize(("n", "blockwise"), [(512, False), (513, True)])
+def test_the_default_block_is_1024_anchors(monkeypatch, n, blockwise):
+    """A 1024 x 1024 fp32 block is 4 MiB: batches up to 512 pairs stay dense (and fast)."""
+    import sslkit.contrastive.ntxent as module
+
+    calls = []
+    monkeypatch.setattr(module, "ntxent_loss_blockwise", lambda *a, **k: calls.append(a) or torch.zeros(()))
+    ntxent_loss(torch.randn(n, 4), torch.randn(n, 4), 0.5)
+    assert len(calls) == int(blockwise)

@@ -218,3 +218,17 @@ def test_dino_head_defaults_are_the_papers():
     assert [(m.in_features, m.out_features) for m in linears] == [(32, 2048), (2048, 2048), (2048, 256)]
     assert head.last_layer.weight_v.shape == (65536, 256)
     assert not head.last_layer.weight_g.requires_grad
+
+
+def test_weight_norm_linear_fixes_g_by_default_and_starts_v_as_nn_linear_does():
+    """v starts as `nn.Linear`'s weight would (kaiming uniform, a = sqrt(5), as the official
+    `nn.utils.weight_norm(nn.Linear(...))`), g at 1 without gradient unless asked."""
+    from sslkit.nn.dino_head import WeightNormLinear
+
+    torch.manual_seed(5)
+    layer = WeightNormLinear(7, 5)
+    torch.manual_seed(5)
+    reference = nn.Linear(7, 5, bias=False)
+    torch.testing.assert_close(layer.weight_v.detach(), reference.weight.detach(), rtol=0, atol=0)
+    assert not layer.weight_g.requires_grad and bool((layer.weight_g == 1).all())
+    assert WeightNormLinear(7, 5, fix_g=False).weight_g.requires_grad
