@@ -141,17 +141,17 @@ def run_child(tests: list[str], timeout: float, log: Path) -> str:
             os.waitpid(pid, 0)
             return "timeout"
         time.sleep(0.02)
-    with_suppressed = os.waitstatus_to_exitcode(status)
-    if with_suppressed in (4, 5):  # usage error / nothing collected: the selection is wrong, not the mutant
-        raise RuntimeError(f"pytest exit {with_suppressed} for {tests[:3]}...: see {log}")
-    return "survived" if with_suppressed == 0 else "killed"
+    code = os.waitstatus_to_exitcode(status)
+    if code == 5:  # nothing collected: the selection is wrong, not the mutant (a mutant that breaks an
+        raise RuntimeError(f"pytest collected none of {tests[:3]}...")  # import exits 2 or 4: killed)
+    return "survived" if code == 0 else "killed"
 
 
 def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 0, recheck: bool = False,
             log: Any = print) -> None:
     """Run the pending mutants of the session `db_path` (all of `module`) and record their outcomes;
-    `sample` > 0 runs that many of them, drawn with a seed of the module's name (a later call draws
-    from the rest). `recheck` runs the survivors again instead, replacing their results."""
+    `sample` > 0 runs mutants drawn with a seed of the module's name until that many have results (a
+    later call with a larger sample adds to them). `recheck` runs the survivors again instead."""
     from cosmic_ray.mutating import mutate_code
     from cosmic_ray.plugins import get_operator
     from cosmic_ray.work_db import WorkDB, use_db
@@ -169,7 +169,8 @@ def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 
             pending = sorted((item for item, result in db.completed_work_items
                               if result.test_outcome == TestOutcome.SURVIVED), key=lambda item: item.job_id)
         if sample:
-            pending = random.Random(module).sample(pending, min(sample, len(pending)))
+            done = sum(result.worker_outcome != WorkerOutcome.SKIPPED for _, result in db.completed_work_items)
+            pending = random.Random(module).sample(pending, min(max(sample - done, 0), len(pending)))
         for n, item in enumerate(pending, 1):
             spec = item.mutations[0]
             operator = get_operator(spec.operator_name)(**(spec.operator_args or {}))

@@ -8,6 +8,7 @@ by git), or to the folder in SSLKIT_MUTATION_OUT (several clones can share one).
 
     python mutation/run.py [SHARD | MODULE ...]   # default: every shard; `--report` only summarises
     python mutation/run.py --sample=40 SHARD      # 40 mutants per module, drawn at random (seeded)
+    python mutation/run.py --resume --sample=80 SHARD   # ... then 40 more each
     python mutation/run.py --recheck SHARD        # the survivors again, against the tests as they are now
     make mutation SHARD=engine                    # the same, niced, for one shard
 
