@@ -24,6 +24,13 @@ RULES: list[tuple[str, str, str, str]] = [
      "the start is only used modulo K afterwards; +-K changes nothing modulo K"),
     ("sslkit/contrastive/ntxent_blockwise.py", "@staticmethod", "RemoveDecorator",
      "autograd.Function calls forward/backward on the class: a plain function there gets the same arguments"),
+    # methods
+    ("methods/base.py", "with torch.autocast(device_type=tensors[0].device.type", "NumberReplacer",
+     "the tensors of one loss are on one device"),
+    ("methods/base.py", "yield out[0] if len(out) == 1 else out", "NumberReplacer", "out has one element there"),
+    ("methods/base.py", "backward_done: bool = field(default=False, init=False)", "FalseWithTrue",
+     "an extra keyword with the same default that no caller passes"),
+    ("methods/base.py", "self._backward_calls = 0", "NumberReplacer", "forward resets it before every step"),
     # losses
     ("sslkit/losses/negative_cosine.py", "F.normalize(p, dim=-1)", "USub", TWO_D),
     ("sslkit/losses/dino.py", "F.log_softmax(s / student_temp, dim=-1)", "USub", TWO_D),
