@@ -25,10 +25,11 @@ def test_statistics_are_per_group_even_and_uneven():
         torch.testing.assert_close(bn(x), _per_group_reference(x, 4, bn.eps), rtol=1e-4, atol=1e-5)
 
 
-def test_running_stats_average_the_groups():
+@pytest.mark.parametrize("n", [8, 7])  # 7: the short-batch path (uneven groups)
+def test_running_stats_average_the_groups(n):
     torch.manual_seed(1)
     bn = SplitBatchNorm2d(2, num_splits=2, momentum=1.0)  # momentum 1: running stats = last batch stats
-    x = torch.randn(8, 2, 3, 3)
+    x = torch.randn(n, 2, 3, 3) + 3.0
     bn(x)
     means = torch.stack([x[b::2].mean(dim=(0, 2, 3)) for b in range(2)]).mean(0)
     vars_ = torch.stack([x[b::2].var(dim=(0, 2, 3), unbiased=True) for b in range(2)]).mean(0)

@@ -232,3 +232,9 @@ def test_weight_norm_linear_fixes_g_by_default_and_starts_v_as_nn_linear_does():
     torch.testing.assert_close(layer.weight_v.detach(), reference.weight.detach(), rtol=0, atol=0)
     assert not layer.weight_g.requires_grad and bool((layer.weight_g == 1).all())
     assert WeightNormLinear(7, 5, fix_g=False).weight_g.requires_grad
+
+
+def test_prototypes_default_to_swavs_3000_unit_vectors_without_bias():
+    proto = Prototypes(16)
+    assert proto.weight.shape == (3000, 16) and proto.bias is None
+    torch.testing.assert_close(proto.weight.norm(dim=1), torch.ones(3000))
