@@ -59,7 +59,7 @@ RULES: list[tuple[str, str, str, str]] = [
      "native_batch_norm.out resizes its out= tensors to (C x G) whatever they were"),
     ("sslkit/nn/split_bn.py", "save_mean = x.new_empty(c * groups", ".",
      "native_batch_norm.out resizes its out= tensors to (C x G) whatever they were"),
-    ("sslkit/nn/split_bn.py", "if running_mean is not None and means is not None and running_var", "AndWithOr|IsNot_Is",
+    ("sslkit/nn/split_bn.py", "if running_mean is not None and means is not None and running_var", "AndWithOr",
      "BatchNorm has both running statistics or neither, and `means` / `vars_` exist exactly when they do"),
     ("sslkit/nn/split_bn.py", "if not self.training or g <= 1 or", "NumberReplacer",
      "one group is the whole batch: the split path computes plain batch norm"),
