@@ -150,11 +150,15 @@ def source_line(module: str, line: int) -> tuple[str, str]:
     return lines[line - 1], lines[line]
 
 
+def untestable(r: dict[str, object]) -> bool:
+    return str(r["equivalent"] or "").startswith(("CUDA only", "multi-process only"))
+
+
 def report(modules: list[str]) -> None:
     """Per module: killed / run (a crash or a timeout counts as killed), the survivors that are equivalent
     mutants (`mutation/equivalent.py`) and the others, of which how many are on lines no test runs;
     then every survivor with its line and change."""
-    total = killed = equivalents = 0
+    total = killed = equivalents = total_elsewhere = 0
     survivors, lines = [], []
     for module in modules:
         if not session(module).exists():
@@ -167,23 +171,27 @@ def report(modules: list[str]) -> None:
         for r in alive:
             r["src"], after = source_line(module, int(r["line"]))
             r["equivalent"] = equivalent.why(module, f"{r['src']}\n{after}", str(r["operator"]))
-        same = sum(r["equivalent"] is not None for r in alive)
-        unrun = sum(r["output"] == forkrun.NO_TEST for r in alive)
+        same = sum(r["equivalent"] is not None and not untestable(r) for r in alive)
+        elsewhere = sum(untestable(r) for r in alive)
+        unrun = sum(r["output"] == forkrun.NO_TEST and r["equivalent"] is None for r in alive)
         total, killed, equivalents = total + len(rows), killed + len(dead), equivalents + same
         survivors += alive
         pending = f"; {items - len(everything)} not run yet" if items > len(everything) else ""
         rate = 100 * len(dead) / max(len(rows), 1)
-        lines.append(f"| `{module}` | {len(rows)} | {len(dead)} ({rate:.1f}%) | {same} | "
-                     f"{len(alive) - same} ({unrun} on lines no test runs) | "
+        lines.append(f"| `{module}` | {len(rows)} | {len(dead)} ({rate:.1f}%) | {same} | {elsewhere} | "
+                     f"{len(alive) - same - elsewhere} ({unrun} on lines no test runs) | "
                      f"{100 * len(dead) / max(len(rows) - same, 1):.1f}%{pending} |")
-    print("| module | run | killed | equivalent | other survivors | killed of non-equivalent |")
-    print("|---|---|---|---|---|---|")
+        total_elsewhere += elsewhere
+    print("| module | run | killed | equivalent | CUDA / multi-process only | other survivors "
+          "| killed of non-equivalent |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
-    print(f"| total | {total} | {killed} ({100 * killed / max(total, 1):.1f}%) | {equivalents} | "
-          f"{total - killed - equivalents} | {100 * killed / max(total - equivalents, 1):.1f}% |")
+    print(f"| total | {total} | {killed} ({100 * killed / max(total, 1):.1f}%) | {equivalents} | {total_elsewhere} | "
+          f"{total - killed - equivalents - total_elsewhere} | {100 * killed / max(total - equivalents, 1):.1f}% |")
     for r in sorted(survivors, key=lambda r: (str(r["module"]), int(r["line"]))):
         change = [d[1:].strip() for d in str(r["diff"]).splitlines() if d.startswith("+") and not d.startswith("+++")]
-        tag = " (equivalent)" if r["equivalent"] else " (no test runs it)" if r["output"] == forkrun.NO_TEST else ""
+        tag = (" (not here)" if untestable(r) else " (equivalent)" if r["equivalent"]
+               else " (no test runs it)" if r["output"] == forkrun.NO_TEST else "")
         print(f"SURVIVED{tag} {r['module']}:{r['line']} {str(r['operator']).split('/')[-1]}: {r['src']}  ->  "
               f"{' / '.join(change)}")
 

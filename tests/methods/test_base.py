@@ -79,3 +79,15 @@ def test_only_swav_needs_local_views():
     needing = {name for name, cls in available_methods().items() if cls.needs_local_views}
     assert needing == {"swav"}  # DINO trains on its 2 global crops alone too (methods/dino.py)
     assert ContrastiveMethod.needs_local_views is False
+
+
+def test_a_method_without_a_training_step_cannot_be_built():
+    import pytest
+
+    from sslkit.methods import SSLMethod
+
+    class NoStep(SSLMethod):
+        pass
+
+    with pytest.raises(TypeError, match="training_step"):
+        NoStep(TinyEncoder(), 16)
