@@ -147,11 +147,12 @@ def run_child(tests: list[str], timeout: float, log: Path) -> str:
     return "survived" if code == 0 else "killed"
 
 
-def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 0, recheck: bool = False,
-            log: Any = print) -> None:
+def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 0,
+            recheck: set[str] | None = None, log: Any = print) -> None:
     """Run the pending mutants of the session `db_path` (all of `module`) and record their outcomes;
     `sample` > 0 runs mutants drawn with a seed of the module's name until that many have results (a
-    later call with a larger sample adds to them). `recheck` runs the survivors again instead."""
+    later call with a larger sample adds to them). `recheck`: the survivors again instead, against just
+the covering tests in these test files (those added or changed since the run: the others passed)."""
     from cosmic_ray.mutating import mutate_code
     from cosmic_ray.plugins import get_operator
     from cosmic_ray.work_db import WorkDB, use_db
@@ -165,10 +166,10 @@ def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 
         pyc.unlink()
     with use_db(str(db_path), WorkDB.Mode.open) as db, tempfile.TemporaryDirectory() as tmp:
         pending = sorted(db.pending_work_items, key=lambda item: item.job_id)
-        if recheck:
+        if recheck is not None:
             pending = sorted((item for item, result in db.completed_work_items
                               if result.test_outcome == TestOutcome.SURVIVED), key=lambda item: item.job_id)
-        if sample:
+        if sample and recheck is None:
             done = sum(result.worker_outcome != WorkerOutcome.SKIPPED for _, result in db.completed_work_items)
             pending = random.Random(module).sample(pending, min(max(sample - done, 0), len(pending)))
         for n, item in enumerate(pending, 1):
@@ -182,6 +183,10 @@ def execute(db_path: Path, module: str, covermap: dict[str, Any], sample: int = 
                                                  n=0, lineterm=""))[:2000]
             lines = header_lines(tree, spec.start_pos[0], spec.end_pos[0])
             selected = tests.select(lines)
+            if recheck is not None:
+                selected = [t for t in selected if t.split("::")[0] in recheck]
+                if not selected:
+                    continue
             start = time.monotonic()
             if not selected:
                 outcome, output = "survived", NO_TEST

@@ -9,7 +9,7 @@ by git), or to the folder in SSLKIT_MUTATION_OUT (several clones can share one).
     python mutation/run.py [SHARD | MODULE ...]   # default: every shard; `--report` only summarises
     python mutation/run.py --sample=40 SHARD      # 40 mutants per module, drawn at random (seeded)
     python mutation/run.py --resume --sample=80 SHARD   # ... then 40 more each
-    python mutation/run.py --recheck SHARD        # the survivors again, against the tests as they are now
+    python mutation/run.py --recheck=COMMIT SHARD # the survivors again, against the tests changed since COMMIT
     make mutation SHARD=engine                    # the same, niced, for one shard
 
 The files are mutated in place: run it in a clone of its own, not in a tree you are editing.
@@ -119,7 +119,7 @@ def init(module: str) -> Path:
     return db
 
 
-def run(module: str, cmap: dict[str, object], resume: bool, sample: int, recheck: bool = False) -> None:
+def run(module: str, cmap: dict[str, object], resume: bool, sample: int, recheck: set[str] | None = None) -> None:
     """The mutants of `module` (`sample` > 0: that many, drawn at random); `resume` continues a session;
     `recheck` runs the session's survivors again (after tests were added)."""
     dirty = subprocess.run(["git", "status", "--porcelain", "--", module], cwd=ROOT, capture_output=True,
@@ -200,6 +200,8 @@ def main(argv: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     names = [a for a in argv if not a.startswith("--")]
     sample = int(next((a.split("=", 1)[1] for a in argv if a.startswith("--sample=")), 0))
+    since = next((a.split("=", 1)[1] for a in argv if a.startswith("--recheck=")), None)
+    recheck = None if since is None else set(git("diff", "--name-only", since, "HEAD", "--", "tests").split())
     modules = [m for n in names for m in SHARDS.get(n, [n])] or MODULES
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
@@ -210,8 +212,7 @@ def main(argv: list[str]) -> None:
         forkrun.warm()
         for module in modules:
             start = time.time()
-            recheck = "--recheck" in argv
-            run(module, cmap, resume="--resume" in argv or recheck, sample=sample, recheck=recheck)
+            run(module, cmap, resume="--resume" in argv or recheck is not None, sample=sample, recheck=recheck)
             print(f"{module}: {time.time() - start:.0f}s", flush=True)
     report(modules)
 
