@@ -93,7 +93,7 @@ def build_scheduler(optimizer: Optimizer, cfg: Mapping[str, Any], total_steps: i
     kind = str(cfg.get("schedule", "cosine"))
     milestones = tuple(float(m) for m in cfg.get("milestones", (0.6, 0.8)))
     gamma, min_ratio = float(cfg.get("gamma", 0.1)), float(cfg.get("min_lr_ratio", 0.0))
-    lr_factor(0, total_steps, warmup, kind, milestones, gamma, min_ratio)  # validate now, not mid-run
+    lr_factor(total_steps, total_steps, 0, kind, milestones, gamma, min_ratio)  # validate now (past any warm-up)
 
     def factor(s: int) -> float:
         return lr_factor(s, total_steps, warmup, kind, milestones, gamma, min_ratio)

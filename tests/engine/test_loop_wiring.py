@@ -124,3 +124,13 @@ def test_nan_loss_stops_training_with_a_one_line_error(tmp_path):
     message = one_line(info.value)
     assert message.startswith("loss became nan at step 1;") and "optim.lr" in message, message
     assert "\n" not in str(info.value)
+
+
+def test_channels_last_runs_give_the_method_channels_last_images_and_leave_other_tensors():
+    from sslkit.engine.loop import _memory_format
+
+    views = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4), torch.randn(2, 5)]
+    out = _memory_format(views, True)
+    assert all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in out[:2])
+    assert out[2] is views[2]
+    assert _memory_format(views, False) is views

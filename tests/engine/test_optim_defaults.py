@@ -119,3 +119,42 @@ def test_warmup_steps_from_each_combination_of_keys(cfg, total, per_epoch, expec
 def test_warmup_keys_out_of_range_fail(cfg):
     with pytest.raises(ConfigError, match="optim.(max_)?warmup_fraction"):
         warmup_steps(cfg, 100, 10)
+
+
+def test_an_unknown_schedule_fails_at_build_time_even_behind_a_warmup():
+    """The warm-up's factor does not look at the schedule: the check must not wait until it ends."""
+    opt = build_optimizer(net(), {"name": "sgd", "lr": 0.1}, 256)
+    with pytest.raises(ConfigError, match="optim.schedule='cosin' is invalid"):
+        build_scheduler(opt, {"schedule": "cosin", "warmup_epochs": 1}, 100, 10)
+
+
+def test_a_first_rule_without_weight_decay_takes_its_parameters_out_of_decay():
+    from sslkit.engine.optim import param_groups
+    from sslkit.nn.param_groups import ParamRule
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    groups = param_groups(model, 0.1, [ParamRule("0.", weight_decay=False)], exclude_bias_and_norm=False)
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert [decay[id(p)] for p in model[0].parameters()] == [0.0, 0.0]
+    assert [decay[id(p)] for p in model[1].parameters()] == [0.1, 0.1]
+
+
+def test_a_weight_decay_schedule_on_hand_built_groups_leaves_undecayed_groups_at_zero():
+    """Groups without sslkit's `no_decay` key (a plain torch optimizer): a group at weight decay 0 stays 0."""
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    opt = torch.optim.AdamW([{"params": a.parameters(), "weight_decay": 0.0},
+                             {"params": b.parameters(), "weight_decay": 0.04}], lr=0.1)
+    sched = build_scheduler(opt, {"weight_decay": 0.04, "weight_decay_end": 0.4}, 10, 10)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["weight_decay"] == 0.0
+    assert 0.04 < opt.param_groups[1]["weight_decay"] < 0.4
+
+
+def test_weight_decay_ends_may_be_zero_but_not_negative():
+    opt = build_optimizer(net(), {"name": "adamw", "lr": 0.1}, 256)
+    build_scheduler(opt, {"weight_decay": 0.0, "weight_decay_end": 0.0}, 10, 10)
+    for start, end in ((-0.5, 0.4), (0.04, -0.5)):
+        with pytest.raises(ConfigError, match="must be >= 0"):
+            build_scheduler(opt, {"weight_decay": start, "weight_decay_end": end}, 10, 10)

@@ -167,3 +167,10 @@ def test_ctrl_c_after_another_stop_signal_still_finishes_the_step():
     flag._handle(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt):
         flag._handle(signal.SIGINT, None)
+    flag = StopFlag()  # SIGTERM (15) or SIGHUP (1) after a Ctrl-C: still at the step's end, not at once
+    flag._handle(signal.SIGINT, None)
+    for later in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            flag._handle(later, None)
+        except KeyboardInterrupt:
+            pytest.fail(f"{later.name} after SIGINT stopped at once")

@@ -125,3 +125,23 @@ def test_stall_check_warns_once_after_300_steps_at_chance(tiny_encoder):
     sym = _moco(tiny_encoder, symmetric=True)  # the summed symmetric loss sits at 2 ln(K+1)
     assert sym.chance_loss() == pytest.approx(2 * chance)
     assert _moco(tiny_encoder, symmetric=True, symmetric_reduction="mean").chance_loss() == pytest.approx(chance)
+
+
+def test_stall_check_warns_past_300_steps_whatever_the_logging_interval_and_needs_loss_and_acc(tiny_encoder):
+    import math
+
+    m = _moco(tiny_encoder)
+    chance = math.log(25)
+    assert m.stall_check(5, {"loss": chance}) is None  # no accuracy logged: nothing to judge
+    assert m.stall_check(5, {"acc": 0.0}) is None
+    assert m.stall_check(5, {"loss": chance, "acc": 0.0}) is None
+    assert m.stall_check(299, {"loss": chance, "acc": 0.0}) is None  # 294 steps
+    assert m.stall_check(312, {"loss": chance, "acc": 0.0}) is not None  # 307 steps: past 300, not equal to it
+
+
+def test_check_params_takes_a_partial_mapping():
+    """Bounds are checked on the keys given; a missing key is not an error (the YAML fills it in)."""
+    MoCoV1.check_params({})
+    MoCoV1.check_params({"temperature": 0.2})
+    with pytest.raises(ConfigError, match="method.momentum must be in"):
+        MoCoV1.check_params({"momentum": -0.1})
