@@ -24,7 +24,7 @@ RULES: list[tuple[str, str, str, str]] = [
      "for a zero gradient the step is zero whatever finite trust multiplies it (eps keeps it finite)"),
     ("sslkit/engine/loop.py", "if self.model is i.method and i.world.size > 1:", "Gt_NotEq",
      "the world size is never below 1"),
-    ("sslkit/engine/loop.py", "if self.model is i.method and i.world.size > 1:", "Gt_LtE|Gt_Lt$|NumberReplacer",
+    ("sslkit/engine/loop.py", "if self.model is i.method and i.world.size > 1:", "Gt_LtE|Gt_Lt$|NumberReplacer|AddNot",
      "multi-process only: one process averages its gradients with itself (tests/distributed)"),
     ("sslkit/engine/loop.py", "if i.world.size > 1:  # log (and NaN-check) the mean", "Gt_NotEq",
      "the world size is never below 1"),

@@ -134,3 +134,38 @@ def test_channels_last_runs_give_the_method_channels_last_images_and_leave_other
     assert all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in out[:2])
     assert out[2] is views[2]
     assert _memory_format(views, False) is views
+
+
+class RecordingLogger(NullLogger):
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.messages: list[str] = []
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+def test_epoch_hooks_run_at_each_epoch_end_on_the_encoder_and_their_values_are_logged(tmp_path):
+    """The kNN monitor's route: each hook gets the epoch number and the method's encoder, its values
+    go to the log with the step and epoch and to one message line, and training goes on in train mode."""
+    method, opt, sched = parts()
+    seen = []
+
+    def hook(epoch, encoder):
+        seen.append((epoch, encoder is method.encoder()))
+        encoder.eval()
+        return {"knn_top1": 10.0 * epoch}
+
+    logger = RecordingLogger()
+    loader = train_loader(dataset(), BATCH, seed=SEED)
+    settings = LoopSettings(epochs=EPOCHS, total_steps=STEPS, steps_per_epoch=STEPS // EPOCHS, log_every=100,
+                            checkpoint_every=0)
+    fit(FitInputs(method, loader, make_views, opt, sched, WORLD, settings, tmp_path, logger, epoch_hooks=(hook,)))
+    assert seen == [(1, True), (2, True)]
+    epochs = [r for r in logger.records if "knn_top1" in r]
+    assert epochs == [{"step": 4, "epoch": 1, "knn_top1": 10.0}, {"step": 8, "epoch": 2, "knn_top1": 20.0}]
+    assert "epoch 1: knn_top1=10" in logger.messages and "epoch 2: knn_top1=20" in logger.messages
+    assert method.training
