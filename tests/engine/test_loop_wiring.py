@@ -169,3 +169,29 @@ def test_epoch_hooks_run_at_each_epoch_end_on_the_encoder_and_their_values_are_l
     assert epochs == [{"step": 4, "epoch": 1, "knn_top1": 10.0}, {"step": 8, "epoch": 2, "knn_top1": 20.0}]
     assert "epoch 1: knn_top1=10" in logger.messages and "epoch 2: knn_top1=20" in logger.messages
     assert method.training
+    assert [r["step"] for r in logger.records if "loss" in r] == [STEPS]  # log_every > steps: the last step only
+
+
+def test_checkpoints_at_every_nth_step_and_each_epoch_end(tmp_path):
+    from sslkit.engine.state import TrainState
+
+    method, opt, sched = parts()
+    state = TrainState()
+    steps: list[int] = []
+    loader = train_loader(dataset(), BATCH, seed=SEED)
+    settings = LoopSettings(epochs=EPOCHS, total_steps=STEPS, steps_per_epoch=STEPS // EPOCHS, log_every=100,
+                            checkpoint_every=3)
+    fit(FitInputs(method, loader, make_views, opt, sched, WORLD, settings, tmp_path, NullLogger(),
+                  on_checkpoint=lambda: steps.append(state.step)), state)
+    assert steps == [3, 4, 6, 8, 8]  # steps 3 and 6, the ends of epochs 1 and 2, and the end of the run
+
+
+def test_autocast_is_bf16_for_bf16_only_and_fp16_is_a_no_op_on_cpu():
+    from sslkit.engine.loop import autocast
+
+    cpu = torch.device("cpu")
+    for precision, on in (("bf16", True), ("fp16", False), ("32", False)):
+        with autocast(cpu, precision):
+            assert torch.is_autocast_enabled("cpu") is on, precision
+            if on:
+                assert torch.get_autocast_dtype("cpu") == torch.bfloat16

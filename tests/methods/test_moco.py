@@ -137,6 +137,10 @@ def test_stall_check_warns_past_300_steps_whatever_the_logging_interval_and_need
     assert m.stall_check(5, {"loss": chance, "acc": 0.0}) is None
     assert m.stall_check(299, {"loss": chance, "acc": 0.0}) is None  # 294 steps
     assert m.stall_check(312, {"loss": chance, "acc": 0.0}) is not None  # 307 steps: past 300, not equal to it
+    fresh = _moco(tiny_encoder)
+    assert fresh.stall_check(0, {"loss": chance, "acc": 0.0}) is None
+    assert fresh.stall_check(290, {"loss": chance, "acc": 0.5}) is None  # at chance loss but learning to match
+    assert fresh.stall_check(310, {"loss": chance, "acc": 0.0}) is None  # so the count restarted at 310
 
 
 def test_check_params_takes_a_partial_mapping():
@@ -145,3 +149,6 @@ def test_check_params_takes_a_partial_mapping():
     MoCoV1.check_params({"temperature": 0.2})
     with pytest.raises(ConfigError, match="method.momentum must be in"):
         MoCoV1.check_params({"momentum": -0.1})
+    for t in (0.0, -0.5):
+        with pytest.raises(ConfigError, match="temperature"):
+            MoCoV1.check_params({"temperature": t})

@@ -4,6 +4,7 @@ from torch import nn
 
 from sslkit.build import method_defaults
 from sslkit.contrastive.ntxent import ntxent_loss
+from sslkit.errors import ConfigError
 from sslkit.methods.simclr import SimCLR, bn_chunks
 
 HEAD = {"kind": "mlp", "hidden_dim": 32, "out_dim": 8, "num_layers": 2}
@@ -132,3 +133,13 @@ def test_ntxent_logits_are_fp32_under_bf16_autocast(tiny_encoder, monkeypatch):
         assert z.dtype == torch.bfloat16  # the encoder runs in bf16 ...
         loss = m._loss(z)
     assert seen == [(torch.float32, False)] and loss.dtype == torch.float32  # ... the loss in fp32
+
+
+def test_check_params_bounds_chunks_and_temperature():
+    SimCLR.check_params({"chunk_size": 1})  # one image per chunk is allowed (a batch of one pair)
+    SimCLR.check_params({"chunk_size": None, "temperature": 0.01})
+    with pytest.raises(ConfigError, match="method.chunk_size=0 is invalid"):
+        SimCLR.check_params({"chunk_size": 0})
+    for t in (0.0, -0.5):
+        with pytest.raises(ConfigError, match=f"method.temperature={t} is invalid"):
+            SimCLR.check_params({"temperature": t})
