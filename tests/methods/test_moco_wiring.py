@@ -91,6 +91,13 @@ def test_symmetric_loss_is_the_two_directions_by_value():
     reduction = getattr(m, "symmetric_reduction", "mean")  # a config option in newer versions
     expected = (l1 + l2) / 2 if reduction == "mean" else l1 + l2
     torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the logged accuracy: the mean of the two directions' top-1 (positive at index 0)
+        accs = []
+        for x, k in ((x1, k1), (x2, k2)):
+            q = F.normalize(m.head(m.backbone(x)), dim=1)
+            logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.t()], 1)
+            accs.append((logits.argmax(1) == 0).float().mean())
+    torch.testing.assert_close(torch.as_tensor(out.logs["acc"]).float(), (accs[0] + accs[1]) / 2)
     m.after_step(0.0)
     torch.testing.assert_close(_queue_rows(m, 0, 2 * N), torch.cat([k1, k2]), rtol=1e-5, atol=1e-6)
 
