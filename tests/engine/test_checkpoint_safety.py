@@ -79,3 +79,14 @@ def test_upgrade_converts_a_version_1_checkpoint(tmp_path):
 
 def test_upgrade_of_a_missing_file_is_one_line(tmp_path):
     _one_line_error(run_cli("checkpoint", "upgrade", str(tmp_path / "nope.pt")), "does not exist")
+
+
+def test_a_gpu_runs_rng_state_restores_on_a_machine_without_cuda(monkeypatch):
+    """A run saved on a GPU and resumed on a CPU: the CUDA generators' states are skipped, the rest restored."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    state = ckpt.rng_state()
+    expected = torch.rand(3)
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # what get_rng_state_all() saved on the GPU machine
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda _: pytest.fail("set a CUDA state without CUDA"))
+    ckpt.set_rng_state(state)
+    torch.testing.assert_close(torch.rand(3), expected)
