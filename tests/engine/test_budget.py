@@ -23,8 +23,46 @@ def test_steps_within():
     assert budget.steps_within(600, 60, 0.5) == 1026  # floor(0.95 * 540 / 0.5)
     assert budget.steps_within(600, 60, 0.5, safety=1.0) == 1080
     assert budget.steps_within(600, 700, 0.5) == 1  # already over: one step, not zero or negative
-    with pytest.raises(ConfigError, match="time_budget"):
+    assert budget.steps_within(600, 599.9, 0.5) == 1  # a fraction of a step left: still one
+    assert budget.steps_within(600, 0, 0.0) == 1  # an unmeasurably fast step: one, not a division by zero
+    assert budget.steps_within(600, 0, -1.0) == 1
+    with pytest.raises(ConfigError, match="time_budget must be a positive number of minutes, got -0.5"):
+        budget.steps_within(-30, 0, 1.0)
+    with pytest.raises(ConfigError, match="got 0$"):
         budget.steps_within(0, 0, 1.0)
+
+
+def _trial(epochs: int):
+    from sslkit.data.loader import train_loader
+    from sslkit.engine.logger import NullLogger
+    from sslkit.engine.loop import FitInputs, LoopSettings
+    from tests.engine.test_loop_wiring import BATCH, SEED, WORLD, dataset, make_views, parts
+
+    method, opt, sched = parts()
+    loader = train_loader(dataset(), BATCH, seed=SEED)  # 4 steps per epoch
+    settings = LoopSettings(epochs=epochs, total_steps=4 * epochs, steps_per_epoch=4, checkpoint_every=0)
+    return FitInputs(method, loader, make_views, opt, sched, WORLD, settings, None, NullLogger())
+
+
+def test_seconds_per_step_times_the_steps_after_the_warmup_and_restores_the_rngs(monkeypatch):
+    ends = iter([1.0, 3.0, 6.0, 10.0, 15.0, 21.0, 28.0, 36.0])  # step i ends at 1, 3, 6, ... (i-th gap: i)
+    monkeypatch.setattr(budget, "clock", lambda: next(ends))
+    trial = _trial(epochs=5)  # room for 20 steps: the trial itself must stop at 3 + 5
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    generator = trial.loader.generator.get_state()
+    assert budget.TRIAL_STEPS == 8
+    assert budget.seconds_per_step(trial) == pytest.approx((36.0 - 6.0) / 5)  # steps 4..8 after 3 untimed
+    assert torch.equal(torch.get_rng_state(), before) and torch.equal(trial.loader.generator.get_state(), generator)
+    assert next(ends, None) is None  # exactly 8 steps were trained, each ended once
+
+
+def test_seconds_per_step_with_too_little_data_is_one_line(monkeypatch):
+    monkeypatch.setattr(budget, "clock", itertools.count().__next__)
+    for warmup in (4, 6):  # one epoch: 4 steps, all warm-up
+        with pytest.raises(ConfigError, match="the data ran out while timing the first steps"):
+            budget.seconds_per_step(_trial(epochs=1), warmup=warmup, measure=5)
+    assert budget.seconds_per_step(_trial(epochs=1), warmup=2, measure=5) == 1.0  # 2 timed steps of 1 s each
 
 
 def test_budget_minutes_validation():
