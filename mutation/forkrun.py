@@ -177,7 +177,10 @@ the covering tests in these test files (those added or changed since the run: th
         for n, item in enumerate(pending, 1):
             spec = item.mutations[0]
             operator = get_operator(spec.operator_name)(**(spec.operator_args or {}))
-            code = mutate_code(source, operator, spec.occurrence)
+            try:
+                code = mutate_code(source, operator, spec.occurrence)
+            except Exception:  # noqa: BLE001 - cosmic-ray cannot apply it (e.g. ExceptionReplacer on `except (a.B, C)`)
+                code = None
             if code is None:
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.NO_TEST))
                 continue
