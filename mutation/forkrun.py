@@ -37,7 +37,8 @@ WARM = ["numpy", "torch", "torch._dynamo", "torch.utils.tensorboard", "torchvisi
         "lightly.models.modules", "sklearn.linear_model", "onnx", "onnxruntime", "pyarrow.parquet", "hypothesis",
         "pytest", "cosmic_ray.mutating"]
 NO_TEST = "no test of `make test` executes the mutated line"
-BUDGET_S = 60.0  # most seconds of (unmutated) test time one mutant gets; the fastest covering tests first
+# most seconds of (unmutated) test time one mutant gets; the fastest covering tests first
+BUDGET_S = float(os.environ.get("SSLKIT_MUTATION_BUDGET_S", "60"))
 
 
 def warm() -> None:
