@@ -17,6 +17,7 @@ The files are mutated in place: run it in a clone of its own, not in a tree you 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -143,10 +144,16 @@ def results(module: str) -> list[dict[str, object]]:
                      strict=True)) for row in rows]
 
 
-def source_line(module: str, line: int) -> tuple[str, str]:
-    """The line and the line after it, from git, not the file: a live mutant may be on disk."""
+@functools.cache
+def committed_lines(module: str) -> list[str]:
+    """From git, not the file: a live mutant may be on disk."""
     text = subprocess.run(["git", "show", f"HEAD:{module}"], cwd=ROOT, capture_output=True, text=True).stdout
-    lines = [t.strip() for t in text.splitlines()] + [""]
+    return [t.strip() for t in text.splitlines()] + [""]
+
+
+def source_line(module: str, line: int) -> tuple[str, str]:
+    """The line and the line after it."""
+    lines = committed_lines(module)
     return lines[line - 1], lines[line]
 
 
