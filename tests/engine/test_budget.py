@@ -33,15 +33,9 @@ def test_steps_within():
 
 
 def _trial(epochs: int):
-    from sslkit.data.loader import train_loader
-    from sslkit.engine.logger import NullLogger
-    from sslkit.engine.loop import FitInputs, LoopSettings
-    from tests.engine.test_loop_wiring import BATCH, SEED, WORLD, dataset, make_views, parts
+    from tests.engine.test_loop_wiring import fit_inputs, parts
 
-    method, opt, sched = parts()
-    loader = train_loader(dataset(), BATCH, seed=SEED)  # 4 steps per epoch
-    settings = LoopSettings(epochs=epochs, total_steps=4 * epochs, steps_per_epoch=4, checkpoint_every=0)
-    return FitInputs(method, loader, make_views, opt, sched, WORLD, settings, None, NullLogger())
+    return fit_inputs(None, *parts(), epochs=epochs, log_every=10)  # 4 steps per epoch
 
 
 def test_seconds_per_step_times_the_steps_after_the_warmup_and_restores_the_rngs(monkeypatch):

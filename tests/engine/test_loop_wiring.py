@@ -54,11 +54,18 @@ def parts():
     return method, opt, sched
 
 
-def run(run_dir: Path, method, opt, sched, state=None, views=make_views, log_every: int = 1):
+def fit_inputs(run_dir: Path | None, method, opt, sched, views=make_views, epochs: int = EPOCHS,
+               log_every: int = 1, checkpoint_every: int = 0, logger=None, **extra) -> FitInputs:
+    """The tiny run's inputs: 4 steps per epoch on `dataset()`."""
     loader = train_loader(dataset(), BATCH, seed=SEED)
-    settings = LoopSettings(epochs=EPOCHS, total_steps=STEPS, steps_per_epoch=STEPS // EPOCHS, log_every=log_every,
-                            checkpoint_every=0)
-    return fit(FitInputs(method, loader, views, opt, sched, WORLD, settings, run_dir, NullLogger()), state)
+    per_epoch = IMAGES // BATCH
+    settings = LoopSettings(epochs=epochs, total_steps=per_epoch * epochs, steps_per_epoch=per_epoch,
+                            log_every=log_every, checkpoint_every=checkpoint_every)
+    return FitInputs(method, loader, views, opt, sched, WORLD, settings, run_dir, logger or NullLogger(), **extra)
+
+
+def run(run_dir: Path, method, opt, sched, state=None, views=make_views, log_every: int = 1):
+    return fit(fit_inputs(run_dir, method, opt, sched, views, log_every=log_every), state)
 
 
 @pytest.fixture
@@ -160,10 +167,7 @@ def test_epoch_hooks_run_at_each_epoch_end_on_the_encoder_and_their_values_are_l
         return {"knn_top1": 10.0 * epoch}
 
     logger = RecordingLogger()
-    loader = train_loader(dataset(), BATCH, seed=SEED)
-    settings = LoopSettings(epochs=EPOCHS, total_steps=STEPS, steps_per_epoch=STEPS // EPOCHS, log_every=100,
-                            checkpoint_every=0)
-    fit(FitInputs(method, loader, make_views, opt, sched, WORLD, settings, tmp_path, logger, epoch_hooks=(hook,)))
+    fit(fit_inputs(tmp_path, method, opt, sched, log_every=100, logger=logger, epoch_hooks=(hook,)))
     assert seen == [(1, True), (2, True)]
     epochs = [r for r in logger.records if "knn_top1" in r]
     assert epochs == [{"step": 4, "epoch": 1, "knn_top1": 10.0}, {"step": 8, "epoch": 2, "knn_top1": 20.0}]
@@ -178,11 +182,8 @@ def test_checkpoints_at_every_nth_step_and_each_epoch_end(tmp_path):
     method, opt, sched = parts()
     state = TrainState()
     steps: list[int] = []
-    loader = train_loader(dataset(), BATCH, seed=SEED)
-    settings = LoopSettings(epochs=EPOCHS, total_steps=STEPS, steps_per_epoch=STEPS // EPOCHS, log_every=100,
-                            checkpoint_every=3)
-    fit(FitInputs(method, loader, make_views, opt, sched, WORLD, settings, tmp_path, NullLogger(),
-                  on_checkpoint=lambda: steps.append(state.step)), state)
+    fit(fit_inputs(tmp_path, method, opt, sched, log_every=100, checkpoint_every=3,
+                   on_checkpoint=lambda: steps.append(state.step)), state)
     assert steps == [3, 4, 6, 8, 8]  # steps 3 and 6, the ends of epochs 1 and 2, and the end of the run
 
 
